@@ -1,0 +1,34 @@
+# Two commands for a new user (README.md): `make demo` and `make test`.
+# Both create the virtual environment .venv/ inside the checkout when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+CORES ?= 2
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+
+.PHONY: demo test lint dry-run clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+## demo: run the whole pipeline on the embedded demo (config.yaml)
+demo: $(VENV)/.installed
+	snakemake --cores $(CORES)
+
+## test: lint, then the test suite
+test: lint
+	pytest -q
+
+lint: $(VENV)/.installed
+	ruff check maskdistill tests benchmarks
+	ruff format --check maskdistill tests benchmarks
+	snakefmt --check Snakefile rules
+
+## dry-run: list the jobs the demo would run
+dry-run: $(VENV)/.installed
+	snakemake -n --cores $(CORES)
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,17 @@
+# maskdistill: MaskDistill (arXiv:2206.06363) as a Snakemake workflow.
+# Run `snakemake --cores N` (default config: the embedded demo); see README.md.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/demo_data.smk"
+
+
+rule all:
+    input:
+        final_outputs(),

@@ -1,0 +1,4 @@
+from maskdistill.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""The ``maskdistill`` command: one subcommand per stage.
+
+Each subcommand lives in ``maskdistill.commands.<module>`` and defines ``add_arguments(parser)``
+and ``run(args)``. The command logs the package version, the git SHA (when run from a checkout)
+and the sorted arguments before it starts, so that every log says what produced it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from maskdistill.provenance import provenance
+
+# subcommand name -> module in maskdistill.commands
+COMMANDS: dict[str, str] = {
+    "make-demo-data": "demo_data",
+}
+
+log = logging.getLogger("maskdistill")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="maskdistill", description="MaskDistill pipeline stages (see README.md)."
+    )
+    parser.add_argument("--version", action="version", version=provenance()["version"])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"maskdistill.commands.{module_name}")
+        doc = (module.__doc__ or "").strip().splitlines()
+        sub = subparsers.add_parser(name, help=doc[0] if doc else None, description=module.__doc__)
+        module.add_arguments(sub)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``maskdistill`` console script and ``python -m maskdistill``."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    info = provenance()
+    log.info("maskdistill %s (git %s)", info["version"], info["git_sha"] or "unknown")
+    settings = {k: v for k, v in sorted(vars(args).items()) if not k.startswith("_")}
+    log.info("arguments: %s", settings)
+    try:
+        args._run(args)
+    except (ValueError, FileNotFoundError, OSError) as error:
+        log.error("%s", error)
+        sys.exit(1)

@@ -1,0 +1,35 @@
+# Config validation, paths and input functions shared by every rule.
+# Rules read config only through `params:` and the functions below.
+from pathlib import Path
+
+from snakemake.utils import validate
+
+validate(config, "../maskdistill/schemas/config.schema.yaml")
+
+RESULTS = Path(config["results_dir"])
+RUN = RESULTS / config["run_name"]
+LOGS = RUN / "logs"
+BENCHMARKS = RUN / "benchmarks"
+DATASET = config["dataset"]
+
+
+def _inside_results(path):
+    """True when `path` lies inside the results folder (the only place the workflow writes)."""
+    return Path(path).resolve().is_relative_to(RESULTS.resolve())
+
+
+if config["demo_data"]["generate"] and not _inside_results(DATASET["root"]):
+    raise ValueError(
+        f"config key 'dataset.root' ({DATASET['root']!r}): with demo_data.generate the demo "
+        f"dataset is written there, so it must lie inside results_dir ({str(RESULTS)!r})"
+    )
+
+
+def dataset_ready():
+    """What a rule that reads the dataset waits for: the generated demo tree, or nothing."""
+    return [DATASET["root"]] if config["demo_data"]["generate"] else []
+
+
+def final_outputs():
+    """Everything `rule all` asks for: the final output of every stage that exists."""
+    return dataset_ready()
