@@ -1,5 +1,7 @@
 # Config validation, paths and input functions shared by every rule.
 # Rules read config only through `params:` and the functions below.
+import hashlib
+import json
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -33,3 +35,13 @@ def dataset_ready():
 def final_outputs():
     """Everything `rule all` asks for: the final output of every stage that exists."""
     return dataset_ready()
+
+
+def settings_key(*sections):
+    """A short, stable hash of config sections: names a content-addressed output folder.
+
+    Two runs (or two experiments with different run names) whose sections are equal share the
+    folder, so the expensive stage is computed once and reused.
+    """
+    text = json.dumps([config.get(s) for s in sections], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
