@@ -109,7 +109,7 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     if mode.startswith("I") or mode == "F":
         gray = _scale_to_uint8(np.asarray(image), 1.0 if mode == "F" else 65535.0)
         return np.repeat(gray[:, :, None], 3, axis=2)
-    if mode in ("LA", "La", "PA", "RGBa") or "transparency" in image.info:
+    if mode in ("LA", "PA") or "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode == "RGBA":
         return _composite_on_black(np.asarray(image))
