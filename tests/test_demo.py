@@ -15,6 +15,8 @@ from pycocotools.coco import COCO
 from maskdistill import demo
 from maskdistill.cli import main
 from maskdistill.commands.demo_data import voc_palette
+from maskdistill.data import open_dataset
+from maskdistill.metrics import corloc_hit
 
 COUNTS = {"train": 8, "val": 6}
 
@@ -48,14 +50,6 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
     }
 
 
-def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    """IoU of two (x, y, w, h) boxes."""
-    iw = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
-
-
 def centre_box_corloc(seed: int, count: int) -> float:
     """Fraction of val scenes where the central 50 % box has IoU >= 0.5 with a ground-truth box."""
     hits = 0
@@ -63,7 +57,7 @@ def centre_box_corloc(seed: int, count: int) -> float:
         scene = demo.render_scene(demo.scene_rng(seed, "val", index))
         height, width = scene.image.shape[:2]
         centre = (width / 4, height / 4, width / 2, height / 2)
-        hits += any(box_iou(centre, demo.tight_box(m)) >= 0.5 for m in scene.masks)
+        hits += corloc_hit(centre, [demo.tight_box(m) for m in scene.masks])
     return hits / count
 
 
@@ -257,3 +251,27 @@ def test_existing_output_and_bad_counts_are_refused(dataset, tmp_path, caplog):
         main(["make-demo-data", "--out", str(tmp_path / "x"), "--num-train", "0"])
     assert "--num-train must be >= 1" in caplog.text
     assert not (tmp_path / "x").exists()
+
+
+def test_voc_and_coco_readers_see_the_same_ground_truth(dataset):
+    voc = open_dataset({"kind": "voc", "root": str(dataset)}, ["val"])
+    coco = open_dataset(
+        {
+            "kind": "coco",
+            "root": str(dataset / "JPEGImages"),
+            "annotations": str(dataset / "annotations" / "instances_val.json"),
+        }
+    )
+    assert voc.class_names == coco.class_names == demo.CLASS_NAMES
+    voc_records, coco_records = voc.records(), coco.records()
+    assert [r.file_name for r in voc_records] == [r.file_name for r in coco_records]
+    for voc_record, coco_record in zip(voc_records, coco_records, strict=True):
+        voc_instances = voc.instance_masks(voc_record)
+        coco_instances = coco.instance_masks(coco_record)
+        assert len(voc_instances) == len(coco_instances) >= 1
+        for (voc_mask, voc_label), (coco_mask, coco_label) in zip(
+            voc_instances, coco_instances, strict=True
+        ):
+            np.testing.assert_array_equal(voc_mask, coco_mask)
+            assert voc_label == coco_label
+        assert voc.boxes(voc_record) == coco.boxes(coco_record)
