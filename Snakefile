@@ -10,6 +10,7 @@ configfile: "config.yaml"
 
 include: "rules/common.smk"
 include: "rules/demo_data.smk"
+include: "rules/discover.smk"
 
 
 rule all:

@@ -18,6 +18,9 @@ from maskdistill.provenance import provenance
 # subcommand name -> module in maskdistill.commands
 COMMANDS: dict[str, str] = {
     "make-demo-data": "demo_data",
+    "discover": "discover",
+    "pretrain": "pretrain",
+    "gpu-run": "gpu_run",
 }
 
 log = logging.getLogger("maskdistill")

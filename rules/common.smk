@@ -34,7 +34,7 @@ def dataset_ready():
 
 def final_outputs():
     """Everything `rule all` asks for: the final output of every stage that exists."""
-    return dataset_ready()
+    return dataset_ready() + discover_shards()
 
 
 def settings_key(*sections):
