@@ -113,7 +113,7 @@ def to_rgb(image: Image.Image) -> np.ndarray:
         image = image.convert("RGBA")
     if image.mode == "RGBA":
         return _composite_on_black(np.asarray(image))
-    return np.array(image.convert("RGB"))
+    return np.array(image if image.mode == "RGB" else image.convert("RGB"))
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
