@@ -1,0 +1,164 @@
+"""Stage 1 core (pure): one object mask per image from the last block's q and k.
+
+``object_mask`` is METHOD.md stage 1, steps 1-8, as the authors' ``mask_generator``
+(wvangansbeke/MaskDistill, gen_masks.py) computes it, without building the N x N patch graph:
+G = sum_h K_h K_h^T is only needed in the source's row and in the sum of the seeds' rows, and
+those are dot products with the keys concatenated over all heads. All arithmetic runs in float32
+on the CPU, so that ties (many patches are zeroed by the attention-mass filter) resolve through
+``torch.topk`` the same way whatever device produced q and k.
+
+Also the pure helpers of the clustering feature (METHOD.md stage 2): ``crop_to_box`` and
+``mask_outside``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.ndimage
+import torch
+
+from maskdistill.vit import pad_to_patch
+
+
+def cls_affinity(
+    q: torch.Tensor, k: torch.Tensor, heads: int, num_prefix_tokens: int = 1
+) -> torch.Tensor:
+    """CLS query vs patch keys, averaged over the first ``heads`` heads (steps 1-2).
+
+    Args:
+        q, k: (heads_total, P0 + N, d) with P0 = ``num_prefix_tokens`` (CLS first).
+        heads: how many of the first heads to average.
+
+    Returns:
+        (N,) float32 on the CPU, unscaled, no softmax.
+    """
+    _check_qk(q, k, heads, num_prefix_tokens)
+    q0 = q[:heads, :1].detach().float().cpu()
+    keys = k[:heads, num_prefix_tokens:].detach().float().cpu()
+    return (q0 @ keys.transpose(-2, -1))[:, 0].mean(dim=0)
+
+
+def mass_filter(affinity: torch.Tensor, mass: float) -> torch.Tensor:
+    """0/1 mask of the patches holding the top ``mass`` of the affinity (step 3).
+
+    As the reference ``threshold_attention``: sort ascending, divide by the sum, cumulative sum,
+    keep where the cumulative value exceeds ``1 - mass``.
+
+    Returns:
+        (N,) bool.
+    """
+    values, order = torch.sort(affinity[None])  # (1, N) as in the reference, same reductions
+    values = values / torch.sum(values, dim=1, keepdim=True)
+    keep_sorted = torch.cumsum(values, dim=1) > (1 - mass)
+    keep = torch.empty_like(keep_sorted)
+    keep[0, order[0]] = keep_sorted[0]
+    return keep[0]
+
+
+def object_mask(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    grid_shape: tuple[int, int],
+    heads: int = 5,
+    topk: float = 0.4,
+    mass: float = 0.5,
+    center_keys: bool = False,
+    num_prefix_tokens: int = 1,
+) -> tuple[np.ndarray, int]:
+    """The object mask of ONE image on its patch grid (METHOD.md stage 1, steps 1-8).
+
+    Args:
+        q, k: (heads_total, P0 + N, d) queries and keys of the last block, P0 =
+            ``num_prefix_tokens`` (CLS first, then registers), N = h * w patches row-major.
+        grid_shape: (h, w).
+        heads: the first ``heads`` heads give the CLS affinity (reference 5); must not exceed
+            heads_total. The patch graph always uses all heads.
+        topk: proposals k = max(1, int(topk * N)) (the reference crashes at k = 0).
+        mass: attention-mass filter threshold (keep the top ``mass`` of the CLS affinity).
+        center_keys: not in the reference: subtract the image's mean patch key (per head) before
+            the patch graph; tighter masks for weak backbones.
+
+    Returns:
+        (h, w) bool grid mask (4-connected component of the source) and the source patch index
+        (row-major). An empty seed set or a mask without the source gives an all-False mask
+        (the reference would return the complement of its diffusion there).
+    """
+    rows, cols = grid_shape
+    n_patches = rows * cols
+    if q.shape[1] != num_prefix_tokens + n_patches:
+        raise ValueError(
+            f"q/k have {q.shape[1]} tokens; grid {rows}x{cols} with {num_prefix_tokens} prefix "
+            f"tokens needs {num_prefix_tokens + n_patches}"
+        )
+    if not 0 < topk <= 1 or not 0 < mass <= 1:
+        raise ValueError(f"topk ({topk}) and mass ({mass}) must lie in (0, 1]")
+    # CLS affinity over the first heads, then the attention-mass filter
+    affinity = cls_affinity(q, k, heads, num_prefix_tokens)
+    affinity = affinity * mass_filter(affinity, mass)
+    # proposals: top-k patches by affinity; the first one is the source
+    proposals = torch.topk(affinity, k=max(1, int(topk * n_patches)), largest=True, sorted=True)[1]
+    source = int(proposals[0])
+    # patch keys concatenated over all heads: G = keys @ keys.T
+    keys = k[:, num_prefix_tokens:].detach().float().cpu()
+    if center_keys:
+        keys = keys - keys.mean(dim=1, keepdim=True)
+    keys = keys.permute(1, 0, 2).reshape(n_patches, -1)
+    # seeds: proposals similar to the source; diffusion: sum of the seeds' graph rows
+    seeds = proposals[keys[proposals] @ keys[source] > 0]
+    diffused = (keys @ keys[seeds].sum(dim=0) > 0).reshape(rows, cols).numpy()
+    # keep the 4-connected component holding the source
+    labels = scipy.ndimage.label(diffused)[0]
+    source_label = labels[source // cols, source % cols]
+    if source_label == 0:
+        return np.zeros((rows, cols), dtype=bool), source
+    return labels == source_label, source
+
+
+def object_masks(
+    q: torch.Tensor, k: torch.Tensor, grid_shape: tuple[int, int], **settings
+) -> list[tuple[np.ndarray, int]]:
+    """``object_mask`` for each image of a batch: q, k (B, heads_total, P0 + N, d)."""
+    return [object_mask(qi, ki, grid_shape, **settings) for qi, ki in zip(q, k, strict=True)]
+
+
+def _check_qk(q: torch.Tensor, k: torch.Tensor, heads: int, num_prefix_tokens: int) -> None:
+    if q.ndim != 3 or q.shape != k.shape:
+        raise ValueError(
+            f"q and k must both be (heads, tokens, d); got {tuple(q.shape)} and {tuple(k.shape)}"
+        )
+    if not 1 <= heads <= q.shape[0]:
+        raise ValueError(f"heads={heads}, but the backbone's last block has {q.shape[0]} heads")
+    if q.shape[1] <= num_prefix_tokens:
+        raise ValueError(f"q/k have {q.shape[1]} tokens: no patch after {num_prefix_tokens}")
+
+
+def crop_to_box(image: torch.Tensor, box: tuple[int, int, int, int], patch: int) -> torch.Tensor:
+    """Crop a normalised (3, H, W) image to box (x, y, w, h), zero-padded to multiples of P.
+
+    The reference clustering feature's input (``feature: crop``).
+
+    Returns:
+        (3, h', w') with h' >= h, w' >= w the next multiples of ``patch``.
+    """
+    x, y, w, h = (int(v) for v in box)
+    if w <= 0 or h <= 0:
+        raise ValueError(f"cannot crop to an empty box {box}")
+    return pad_to_patch(image[:, y : y + h, x : x + w], patch)
+
+
+def mask_outside(image: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
+    """The image with every pixel outside ``mask`` set to 0 (``feature: masked``).
+
+    Args:
+        image: (3, Hp, Wp) normalised, possibly zero-padded beyond the mask's (H, W).
+        mask: (H, W) bool, H <= Hp, W <= Wp.
+
+    Returns:
+        (3, Hp, Wp); the padding stays 0.
+    """
+    height, width = mask.shape
+    if height > image.shape[-2] or width > image.shape[-1]:
+        raise ValueError(f"mask {mask.shape} is larger than the image {tuple(image.shape[-2:])}")
+    keep = torch.zeros(image.shape[-2:], dtype=torch.bool, device=image.device)
+    keep[:height, :width] = torch.from_numpy(np.asarray(mask, dtype=bool)).to(image.device)
+    return image * keep

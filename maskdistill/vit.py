@@ -1,0 +1,371 @@
+"""Frozen DINO-style ViT backbones built from stock timm: loading, preprocessing, q/k capture.
+
+Every public function works on a stock ``timm.models.VisionTransformer``. The model's own
+``forward`` is never called: the tokens are embedded here with DINO's positional-embedding
+interpolation (``interpolate_pos_encoding`` of facebookresearch/dino, which produced the
+reference masks), then timm's own modules (patch projection, blocks, norms) are run.
+
+Token layout of every token tensor: ``[CLS, registers (R, DINOv2 only), patches (N, row-major)]``;
+``num_prefix_tokens(model) == 1 + R``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from PIL import Image
+from timm.models import VisionTransformer
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# default number of attention heads per embedding width (DINO ViT-T/S/B, ViT-L)
+DEFAULT_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16}
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
+
+# defaults of a ``random:`` spec; ``heads`` defaults from the width
+RANDOM_DEFAULTS = {"patch": 16, "width": 192, "depth": 4, "seed": 0, "img": 224, "reg": 0}
+
+
+def load_backbone(
+    spec: str,
+    *,
+    pretrained: bool = True,
+    num_heads: int | None = None,
+    device: str | torch.device = "cpu",
+) -> VisionTransformer:
+    """Build a frozen ViT in eval mode (``requires_grad`` False) on ``device``.
+
+    Args:
+        spec: one of
+            - a timm model name, e.g. ``vit_small_patch16_224.dino`` (weights from the timm hub
+              when ``pretrained``; ``pretrained=False`` gives random weights, for tests);
+            - a local checkpoint file: the official DINO release (timm key names, no head), a DINO
+              training checkpoint (``teacher`` / ``student`` with ``module.`` / ``backbone.``
+              prefixes; the teacher is used), or a timm-saved state dict, possibly wrapped in
+              ``state_dict`` or ``model``; the architecture is inferred from the weights;
+            - ``random:patch=8,width=192,depth=4,heads=3,seed=0[,img=224,reg=0]``: a small
+              randomly initialised ViT, identical for the same spec (demo and tests only).
+        pretrained: download hub weights for timm names.
+        num_heads: attention heads of a checkpoint or random model (default from the width:
+            192 -> 3, 384 -> 6, 768 -> 12, 1024 -> 16); for timm names, an override.
+        device: where the model lives.
+
+    Raises:
+        FileNotFoundError: a checkpoint path that does not exist.
+        ValueError: unknown timm name, unreadable checkpoint, or weights that do not fit.
+    """
+    if spec.startswith("random:"):
+        model = _random_backbone(spec, num_heads)
+    elif Path(spec).is_file():
+        model = _checkpoint_backbone(Path(spec), num_heads)
+    elif _looks_like_path(spec):
+        raise FileNotFoundError(f"backbone checkpoint not found: {spec}")
+    else:
+        model = _timm_backbone(spec, pretrained, num_heads)
+    model.eval().requires_grad_(False)
+    return model.to(device)
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A file name rather than a timm model name (timm names may be ``hf-hub:org/name``)."""
+    return spec.endswith(CHECKPOINT_SUFFIXES) or ("/" in spec and not spec.startswith("hf-hub:"))
+
+
+def _timm_backbone(name: str, pretrained: bool, num_heads: int | None) -> VisionTransformer:
+    """A model from timm's registry, without classifier head."""
+    kwargs = {"num_heads": num_heads} if num_heads is not None else {}
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+    except RuntimeError as error:
+        raise ValueError(f"backbone {name!r}: {error}") from error
+    if not isinstance(model, VisionTransformer):
+        raise ValueError(f"backbone {name!r} is a {type(model).__name__}, not a VisionTransformer")
+    return model
+
+
+def _random_backbone(spec: str, num_heads: int | None) -> VisionTransformer:
+    """A seeded random ViT from ``random:key=value,...`` (see ``load_backbone``)."""
+    settings = dict(RANDOM_DEFAULTS)
+    body = spec.removeprefix("random:")
+    for item in filter(None, body.split(",")):
+        key, _, value = item.partition("=")
+        if key not in (*RANDOM_DEFAULTS, "heads") or not value.strip().isdigit():
+            raise ValueError(
+                f"bad random backbone spec {spec!r}: {item!r} (expected key=int with key in "
+                f"{', '.join((*RANDOM_DEFAULTS, 'heads'))})"
+            )
+        settings[key] = int(value)
+    heads = settings.pop("heads", num_heads) or _default_heads(settings["width"], spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings["seed"])
+        return VisionTransformer(
+            img_size=settings["img"],
+            patch_size=settings["patch"],
+            embed_dim=settings["width"],
+            depth=settings["depth"],
+            num_heads=heads,
+            reg_tokens=settings["reg"],
+            no_embed_class=settings["reg"] > 0,
+            num_classes=0,
+        )
+
+
+def _default_heads(width: int, source: str) -> int:
+    if width not in DEFAULT_HEADS:
+        raise ValueError(
+            f"{source}: no default number of heads for width {width}; pass num_heads "
+            f"(known widths: {sorted(DEFAULT_HEADS)})"
+        )
+    return DEFAULT_HEADS[width]
+
+
+def _read_checkpoint(path: Path) -> dict:
+    """The raw object of a checkpoint file (safe loading only: tensors, dicts, argparse args)."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any failure to unpickle means: not a usable checkpoint
+        raise ValueError(f"{path}: not a readable checkpoint ({error})") from error
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: not a checkpoint (holds a {type(obj).__name__}, not a dict)")
+    return obj
+
+
+def checkpoint_filter_fn(state_dict: dict) -> dict[str, torch.Tensor]:
+    """Turn any supported checkpoint object into a timm VisionTransformer state dict.
+
+    Unwraps ``teacher`` (preferred over ``student``), ``state_dict`` or ``model``; strips the
+    ``module.`` (DDP) and ``backbone.`` (DINO wrapper) prefixes; drops the DINO projection head and
+    any classifier head (``head.*``). Pure: the input is not modified.
+    """
+    for wrapper in ("teacher", "student", "state_dict", "model"):
+        if isinstance(state_dict.get(wrapper), dict):
+            state_dict = state_dict[wrapper]
+            break
+    keys = {key: key.removeprefix("module.") for key in state_dict}
+    wrapped = any(key.startswith("backbone.") for key in keys.values())
+    out = {}
+    for old_key, value in state_dict.items():
+        key = keys[old_key]
+        if wrapped:
+            if not key.startswith("backbone."):
+                continue
+            key = key.removeprefix("backbone.")
+        if key.startswith("head.") or not isinstance(value, torch.Tensor):
+            continue
+        out[key] = value
+    return out
+
+
+def _checkpoint_backbone(path: Path, num_heads: int | None) -> VisionTransformer:
+    """A ViT whose architecture is inferred from the checkpoint's weights, loaded strictly."""
+    state_dict = checkpoint_filter_fn(_read_checkpoint(path))
+    if "patch_embed.proj.weight" not in state_dict:
+        raise ValueError(
+            f"{path}: not a ViT checkpoint (no patch_embed.proj.weight among "
+            f"{len(state_dict)} tensors)"
+        )
+    model = VisionTransformer(**_architecture(state_dict, num_heads, path), num_classes=0)
+    _load_strict(model, state_dict, path)
+    return model
+
+
+def _architecture(state_dict: dict[str, torch.Tensor], num_heads: int | None, path: Path) -> dict:
+    """VisionTransformer keyword arguments inferred from a filtered state dict."""
+    width, _, kh, kw = state_dict["patch_embed.proj.weight"].shape
+    if kh != kw:
+        raise ValueError(f"{path}: non-square patch kernel {kh}x{kw} is not supported")
+    depth = len({int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))})
+    reg = state_dict["reg_token"].shape[1] if "reg_token" in state_dict else 0
+    prefix = int("cls_token" in state_dict) + reg
+    tokens = state_dict["pos_embed"].shape[1] if "pos_embed" in state_dict else 0
+    if _is_square(tokens - prefix):
+        grid, no_embed_class = math.isqrt(tokens - prefix), False
+    elif _is_square(tokens):
+        grid, no_embed_class = math.isqrt(tokens), True
+    else:
+        raise ValueError(f"{path}: pos_embed has {tokens} tokens, not a square grid")
+    fc1 = state_dict.get("blocks.0.mlp.fc1.weight")
+    return {
+        "img_size": grid * kh,
+        "patch_size": kh,
+        "embed_dim": width,
+        "depth": depth,
+        "num_heads": num_heads or _default_heads(width, str(path)),
+        "mlp_ratio": fc1.shape[0] / width if fc1 is not None else 4.0,
+        "qkv_bias": "blocks.0.attn.qkv.bias" in state_dict,
+        "class_token": "cls_token" in state_dict,
+        "reg_tokens": reg,
+        "no_embed_class": no_embed_class,
+        "init_values": 1e-5 if "blocks.0.ls1.gamma" in state_dict else None,
+    }
+
+
+def _is_square(n: int) -> bool:
+    return n > 0 and math.isqrt(n) ** 2 == n
+
+
+def _load_strict(model: VisionTransformer, state_dict: dict, path: Path) -> None:
+    """Load every tensor or raise ValueError listing missing, unexpected and mis-shaped keys."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    shapes = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in state_dict.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"{path}: weights do not fit the inferred ViT; missing keys: {missing or 'none'}; "
+            f"unexpected keys: {unexpected or 'none'}; shape mismatches: {shapes or 'none'}"
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def num_prefix_tokens(model: VisionTransformer) -> int:
+    """Tokens before the patches: CLS plus registers."""
+    return model.num_prefix_tokens
+
+
+def patch_size(model: VisionTransformer) -> int:
+    """The (square) patch size P in pixels."""
+    return model.patch_embed.proj.kernel_size[0]
+
+
+def preprocess(
+    image: np.ndarray, resize: int | None, patch: int
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Reference preprocessing: resize, ToTensor, ImageNet normalisation, zero padding.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        resize: ``torchvision.transforms.Resize(resize)`` on the PIL image (shorter side to
+            ``resize``, longer side ``int(long * resize / short)``, PIL bilinear); None keeps
+            the size.
+        patch: P; the result is zero-padded bottom/right to multiples of P (at least one patch).
+
+    Returns:
+        (3, Hp, Wp) float32 tensor and the (H', W') size after resizing, before padding.
+    """
+    pil = Image.fromarray(image)
+    if resize is not None:
+        pil = TF.resize(pil, resize)
+    tensor = TF.normalize(TF.to_tensor(pil), IMAGENET_MEAN, IMAGENET_STD)
+    return pad_to_patch(tensor, patch), (pil.height, pil.width)
+
+
+def preprocess_full(image: np.ndarray, patch: int) -> torch.Tensor:
+    """Full-resolution normalised (3, Hp, Wp) tensor of an (H, W, 3) uint8 image, padded to P."""
+    return preprocess(image, None, patch)[0]
+
+
+def pad_to_patch(tensor: torch.Tensor, patch: int) -> torch.Tensor:
+    """Zero-pad (..., H, W) bottom/right to multiples of ``patch`` (at least one patch)."""
+    height, width = tensor.shape[-2:]
+    pad_h = max(1, math.ceil(height / patch)) * patch - height
+    pad_w = max(1, math.ceil(width / patch)) * patch - width
+    return F.pad(tensor, (0, pad_w, 0, pad_h)) if pad_h or pad_w else tensor
+
+
+def interpolate_pos_embed(model: VisionTransformer, grid: tuple[int, int]) -> torch.Tensor:
+    """The model's positional embedding for an h x w patch grid, as DINO computes it.
+
+    Bicubic ``F.interpolate`` of the pretrained grid with ``scale_factor = (h + 0.1) / h0,
+    (w + 0.1) / w0`` (DINO's ``interpolate_pos_encoding``); the pretrained embedding unchanged at
+    the native grid. Prefix entries (CLS, when the model embeds it) are kept as they are.
+
+    Returns:
+        (1, P0 + h * w, D) where P0 = prefix tokens covered by ``pos_embed``
+        (0 when ``model.no_embed_class``).
+    """
+    pos_embed = model.pos_embed
+    rows, cols = grid
+    old_rows, old_cols = model.patch_embed.grid_size
+    if (rows, cols) == (old_rows, old_cols):
+        return pos_embed
+    n_prefix = 0 if model.no_embed_class else model.num_prefix_tokens
+    prefix, patches = pos_embed[:, :n_prefix], pos_embed[:, n_prefix:]
+    dim = pos_embed.shape[-1]
+    patches = patches.float().reshape(1, old_rows, old_cols, dim).permute(0, 3, 1, 2)
+    patches = F.interpolate(
+        patches,
+        scale_factor=((rows + 0.1) / old_rows, (cols + 0.1) / old_cols),
+        mode="bicubic",
+        align_corners=False,
+    )
+    if patches.shape[-2:] != (rows, cols):
+        raise ValueError(f"positional embedding resized to {patches.shape[-2:]}, not {grid}")
+    patches = patches.permute(0, 2, 3, 1).reshape(1, rows * cols, dim).to(pos_embed.dtype)
+    return torch.cat((prefix, patches), dim=1)
+
+
+def embed(model: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
+    """Tokens entering the first block, for images whose sides are multiples of P.
+
+    Args:
+        images: (B, 3, H, W) normalised, H and W multiples of P.
+
+    Returns:
+        (B, 1 + R + N, D) tokens, N = (H / P) * (W / P).
+    """
+    p = patch_size(model)
+    height, width = images.shape[-2:]
+    if height % p or width % p:
+        raise ValueError(f"image size {height}x{width} is not a multiple of the patch size {p}")
+    x = model.patch_embed.proj(images).flatten(2).transpose(1, 2)
+    x = model.patch_embed.norm(x)
+    pos_embed = interpolate_pos_embed(model, (height // p, width // p)).to(x.dtype)
+    prefix = [
+        t.expand(x.shape[0], -1, -1) for t in (model.cls_token, model.reg_token) if t is not None
+    ]
+    if model.no_embed_class:
+        x = torch.cat([*prefix, x + pos_embed], dim=1)
+    else:
+        x = torch.cat([*prefix, x], dim=1) + pos_embed
+    return model.norm_pre(model.patch_drop(model.pos_drop(x)))
+
+
+def last_block_qk(
+    model: VisionTransformer, images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q and k of every head of the last block, without its attention output or MLP.
+
+    Runs ``blocks[:-1]`` as timm does (fused attention), then the last block's ``norm1`` and
+    ``attn.qkv`` projection only. No scaling, no softmax.
+
+    Args:
+        images: (B, 3, H, W) normalised, sides multiples of P.
+
+    Returns:
+        q, k: each (B, heads, 1 + R + N, d); see ``num_prefix_tokens`` for 1 + R.
+    """
+    x = embed(model, images)
+    for block in model.blocks[:-1]:
+        x = block(x)
+    last = model.blocks[-1]
+    attn = last.attn
+    qkv = attn.qkv(last.norm1(x))
+    batch, tokens, _ = qkv.shape
+    q, k, _ = qkv.reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    return attn.q_norm(q), attn.k_norm(k)
+
+
+def cls_features(model: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
+    """Final normalised CLS token (after ``model.norm``), (B, D), for (B, 3, H, W) images."""
+    x = model.blocks(embed(model, images))
+    return model.norm(x)[:, 0]
