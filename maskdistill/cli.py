@@ -19,6 +19,7 @@ from maskdistill.provenance import provenance
 COMMANDS: dict[str, str] = {
     "make-demo-data": "demo_data",
     "discover": "discover",
+    "cluster": "cluster",
     "pretrain": "pretrain",
     "gpu-run": "gpu_run",
 }
