@@ -1,0 +1,341 @@
+"""The batched discover runner and ``maskdistill discover``: shards, sharding, edge cases.
+
+A tiny random ViT (patch 8, width 48, depth 2, 3 heads) on tiny generated images keeps every
+test fast; the algorithm itself is tested in test_object_mask.py.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from maskdistill import cli, read_shard, runner, vit
+from maskdistill.data import open_dataset
+from maskdistill.images import read_skipped
+from maskdistill.shards import full_resolution_mask, mask_box, read_shard_attrs
+
+BACKBONE = "random:patch=8,width=48,depth=2,heads=3,seed=0"
+KEYS = {
+    "id",
+    "file_name",
+    "image_size",
+    "resized_size",
+    "patch_size",
+    "grid_shape",
+    "source",
+    "grid_mask",
+    "box",
+    "empty",
+    "feature",
+    "attention",
+}
+# (height, width) of the generated images: repeated shapes share buckets
+SIZES = [(40, 56), (56, 40), (40, 56), (48, 48), (40, 56), (48, 48)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread is fastest, and much faster on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _write_images(folder: Path, sizes, seed: int = 0) -> list[str]:
+    """Random-colour blobs on noise, as PNGs named img<i>.png; returns the file names."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, (h, w) in enumerate(sizes):
+        pixels = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+        pixels[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = rng.integers(100, 255, 3)
+        names.append(f"img{i}.png")
+        Image.fromarray(pixels).save(folder / names[-1])
+    return names
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> tuple[Path, list[str]]:
+    folder = tmp_path_factory.mktemp("images")
+    return folder, _write_images(folder, SIZES)
+
+
+def _discover(images_dir: Path, out: Path, *extra: str) -> None:
+    cli.main(
+        [
+            "discover",
+            "--images",
+            str(images_dir),
+            "--backbone",
+            BACKBONE,
+            "--feature-backbone",
+            "same",
+            "--resize",
+            "32",
+            "--heads",
+            "3",
+            "--workers",
+            "0",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
+
+
+def _datasets(path: Path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return {name: f[name][()] for name in f}
+
+
+@pytest.fixture(scope="module")
+def shard(images, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shard") / "all.h5"
+    _discover(images[0], out)
+    return out
+
+
+def test_cli_writes_a_complete_shard(images, shard):
+    _, names = images
+    records = list(read_shard(shard))
+    assert sorted(r["file_name"] for r in records) == sorted(names)
+    for record in records:
+        assert set(record) == KEYS
+        h, w = SIZES[names.index(record["file_name"])]
+        assert record["image_size"] == (h, w)
+        assert min(record["resized_size"]) == 32
+        assert record["patch_size"] == 8
+        assert record["grid_shape"] == tuple(-(-s // 8) for s in record["resized_size"])
+        assert record["grid_mask"].shape == record["attention"].shape == record["grid_shape"]
+        assert record["attention"].dtype == np.float16
+        assert record["feature"].shape == (48,) and record["feature"].dtype == np.float32
+        assert record["grid_mask"].reshape(-1)[record["source"]]  # the source is in its mask
+        assert record["box"] == mask_box(full_resolution_mask(record))
+        assert not record["empty"]
+    attrs = read_shard_attrs(shard)
+    assert attrs["backbone"] == attrs["feature_backbone"] == BACKBONE
+    assert attrs["settings"] == {
+        "resize": 32,
+        "heads": 3,
+        "topk": 0.4,
+        "mass": 0.5,
+        "center_keys": False,
+        "feature": "crop",
+    }
+    assert attrs["skipped"] == [] and attrs["num_images"] == len(names)
+    assert read_skipped(f"{shard}.skipped.tsv") == []
+
+
+def test_records_come_in_bucket_order(shard):
+    """Ordered by (padded input shape, file name): independent of batch size and workers."""
+    keys = [
+        (tuple(-(-s // 8) * 8 for s in r["resized_size"]), r["file_name"])
+        for r in read_shard(shard)
+    ]
+    assert keys == sorted(keys)
+
+
+def test_two_runs_write_identical_datasets(images, shard, tmp_path):
+    again = tmp_path / "again.h5"
+    _discover(images[0], again, "--workers", "1", "--batch-size", "3")
+    first, second = _datasets(shard), _datasets(again)
+    assert first.keys() == second.keys()
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+
+
+def test_shards_partition_the_images(images, shard, tmp_path):
+    folder, names = images
+    parts = []
+    for i in range(3):
+        out = tmp_path / f"shard-{i}-of-3.h5"
+        _discover(folder, out, "--shard", str(i), "--num-shards", "3")
+        parts.append({r["file_name"]: r for r in read_shard(out)})
+        assert set(parts[-1]) == {n for n in names if zlib.crc32(n.encode()) % 3 == i}
+        assert read_shard_attrs(out)["shard"] == i
+    assert sum(len(p) for p in parts) == len(names)
+    assert set().union(*parts) == set(names)
+    whole = {r["file_name"]: r for r in read_shard(shard)}
+    for part in parts:  # an image's record does not depend on its shard mates
+        for name, record in part.items():
+            np.testing.assert_array_equal(record["grid_mask"], whole[name]["grid_mask"])
+            np.testing.assert_allclose(record["feature"], whole[name]["feature"], atol=1e-5)
+
+
+def test_shard_of_is_crc32_and_stable_when_images_are_added():
+    assert runner.shard_of("2007_000032.jpg", 4) == zlib.crc32(b"2007_000032.jpg") % 4
+    before = {f"a{i}.jpg": runner.shard_of(f"a{i}.jpg", 5) for i in range(50)}
+    after = {f"a{i}.jpg": runner.shard_of(f"a{i}.jpg", 5) for i in range(80)}
+    assert all(after[name] == shard for name, shard in before.items())
+    assert set(before.values()) == set(range(5))
+    with pytest.raises(ValueError, match="shard 2 of 2"):
+        runner.select_shard([], 2, 2)
+
+
+def test_abort_mid_run_leaves_no_file(images, tmp_path, monkeypatch):
+    calls = []
+    real = runner.discover_batch
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as a killed job: not an error the CLI handles
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "discover_batch", failing)
+    out = tmp_path / "out" / "shard.h5"
+    with pytest.raises(KeyboardInterrupt):
+        _discover(images[0], out)
+    assert len(calls) == 2
+    assert list(out.parent.iterdir()) == []  # neither the shard nor a temporary file
+
+
+def test_bad_image_skip_is_recorded_and_error_fails(images, tmp_path):
+    folder = tmp_path / "images"
+    _write_images(folder, SIZES[:2])
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "skip.h5"
+    _discover(folder, out, "--on-bad-image", "skip")
+    assert sorted(r["file_name"] for r in read_shard(out)) == ["img0.png", "img1.png"]
+    skipped = read_shard_attrs(out)["skipped"]
+    assert [name for name, _ in skipped] == ["broken.png"]
+    assert read_skipped(f"{out}.skipped.tsv") == [tuple(row) for row in skipped]
+    failed = tmp_path / "error.h5"
+    with pytest.raises(SystemExit) as exit_info:
+        _discover(folder, failed)
+    assert exit_info.value.code == 1
+    assert not failed.exists()
+
+
+def _records(folder: Path, sizes, **kwargs) -> list[dict]:
+    _write_images(folder, sizes)
+    records = open_dataset({"kind": "folder", "root": str(folder)}).records()
+    model = vit.load_backbone(BACKBONE)
+    models = runner.Backbones(model, model)
+    settings = runner.DiscoverSettings(
+        resize=kwargs.pop("resize", 32), heads=3, feature=kwargs.pop("feature", "crop")
+    )
+    return list(
+        runner.discover_records(
+            records, models, settings, device=torch.device("cpu"), progress=False, **kwargs
+        )
+    )
+
+
+def test_edge_cases_tiny_image_one_patch_and_extreme_aspect(tmp_path):
+    # resize 4 with patch 8: a 5x5 image is smaller than a patch -> one-patch grid
+    tiny, thin = _records(tmp_path, [(5, 5), (8, 300)], resize=4)
+    assert tiny["resized_size"] == (4, 4) and tiny["grid_shape"] == (1, 1)
+    assert tiny["source"] == 0 and tiny["grid_mask"].tolist() == [[True]]
+    assert tiny["box"] == (0, 0, 5, 5) and not tiny["empty"]
+    assert thin["resized_size"] == (4, 150) and thin["grid_shape"] == (1, 19)
+    mask = full_resolution_mask(thin)
+    assert mask.shape == (8, 300) and thin["box"] == mask_box(mask)
+    assert np.isfinite(tiny["feature"]).all() and np.isfinite(thin["feature"]).all()
+
+
+def test_empty_mask_is_flagged_with_a_whole_image_feature(tmp_path, monkeypatch):
+    def nothing(q, k, grid_shape, **settings):
+        return np.zeros(grid_shape, dtype=bool), 0
+
+    monkeypatch.setattr(runner.discover, "object_mask", nothing)
+    (record,) = _records(tmp_path / "a", [(40, 56)])
+    assert record["empty"] and record["box"] == (0, 0, 0, 0) and record["source"] == 0
+    model = vit.load_backbone(BACKBONE)
+    image = np.asarray(Image.open(tmp_path / "a" / "img0.png"))
+    with torch.inference_mode():
+        whole = vit.cls_features(model, vit.preprocess_full(image, 8)[None])[0]
+    np.testing.assert_allclose(record["feature"], whole.numpy(), atol=1e-5)
+
+
+def test_batched_equals_one_image_at_a_time(tmp_path):
+    sizes = SIZES + [(64, 40), (40, 56)]
+    one = _records(tmp_path / "one", sizes, batch_size=1, feature="masked")
+    many = _records(tmp_path / "many", sizes, batch_size=4, workers=1, feature="masked")
+    assert [r["file_name"] for r in one] == [r["file_name"] for r in many]
+    for a, b in zip(one, many, strict=True):
+        for key in ("grid_mask", "source", "box", "empty", "grid_shape", "resized_size"):
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        np.testing.assert_allclose(a["attention"], b["attention"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(a["feature"], b["feature"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "size, resize, patch",
+    [
+        ((5, 5), 4, 8),
+        ((8, 300), 4, 8),
+        ((8, 300), 32, 8),
+        ((1, 7), 32, 16),
+        ((375, 500), 640, 16),
+        ((333, 500), 640, 16),
+        ((500, 281), 640, 8),
+        ((281, 500), 37, 8),
+    ],
+)
+def test_predicted_bucket_shape_is_the_real_input_shape(size, resize, patch):
+    tensor, _ = vit.preprocess(np.zeros((*size, 3), dtype=np.uint8), resize, patch)
+    assert runner.padded_shape(size, resize, patch) == tuple(tensor.shape[1:])
+
+
+def test_bucket_batches_group_equal_shapes_in_name_order():
+    shapes = [(16, 24), (24, 16), (16, 24), (16, 24), (24, 16)]
+    names = ["e", "d", "c", "b", "a"]
+    assert runner.bucket_batches(shapes, names, 2) == [[3, 2], [0], [4, 1]]
+    flat = [i for batch in runner.bucket_batches(shapes, names, 1) for i in batch]
+    assert flat == [3, 2, 0, 4, 1]
+
+
+def test_bad_settings_fail_before_any_work(images, tmp_path):
+    with pytest.raises(ValueError, match="topk"):
+        runner.DiscoverSettings(topk=0)
+    with pytest.raises(SystemExit):
+        _discover(images[0], tmp_path / "x.h5", "--shard", "3", "--num-shards", "2")
+    with pytest.raises(SystemExit):
+        _discover(images[0], tmp_path / "x.h5", "--heads", "4")  # the model has 3
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_workflow_reruns_only_a_missing_shard(repo, images, tmp_path):
+    """Snakemake dry runs: one job per shard; with one shard present only the other runs."""
+    config = yaml.safe_load((repo / "config.yaml").read_text())
+    config["demo_data"]["generate"] = False
+    config["dataset"] = {"kind": "folder", "root": str(images[0])}
+
+    def scheduled() -> list[str]:
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+        result = subprocess.run(
+            [sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile")]
+            + ["--directory", str(tmp_path), "--cores", "1", "-n", "-p"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        return re.findall(r"output: (\S+shard-\d+-of-\d+\.h5)", result.stdout + result.stderr)
+
+    outputs = sorted(scheduled())
+    folder = Path(outputs[0]).parent
+    assert [Path(o).name for o in outputs] == ["shard-0-of-2.h5", "shard-1-of-2.h5"]
+    assert folder.parent == Path(config["results_dir"]) / "cache" / "discover"
+    (tmp_path / outputs[0]).parent.mkdir(parents=True)
+    (tmp_path / outputs[0]).touch()
+    assert scheduled() == [outputs[1]]
