@@ -3,7 +3,9 @@
 Every public function works on a stock ``timm.models.VisionTransformer``. The model's own
 ``forward`` is never called: the tokens are embedded here with DINO's positional-embedding
 interpolation (``interpolate_pos_encoding`` of facebookresearch/dino, which produced the
-reference masks), then timm's own modules (patch projection, blocks, norms) are run.
+reference masks), then timm's own modules (patch projection, blocks, norms) are run. timm's
+``dynamic_img_size`` is not used: it resamples to a target size (not DINO's
+``scale_factor = (h + 0.1) / h0``), which gives visibly different embeddings, not rounding noise.
 
 Token layout of every token tensor: ``[CLS, registers (R, DINOv2 only), patches (N, row-major)]``;
 ``num_prefix_tokens(model) == 1 + R``.
