@@ -196,13 +196,17 @@ def _sample_object(rng: np.random.Generator, height: int, width: int) -> _Object
 
 
 def _layout(rng: np.random.Generator, height: int, width: int) -> list[_Object]:
-    """Place 1 to 3 objects, later ones on top, each keeping >= MIN_VISIBLE of itself visible."""
+    """Place 1 to 3 objects, later ones on top, each keeping >= MIN_VISIBLE of itself visible.
+
+    Up to PLACEMENT_TRIES draws per wanted object; fewer objects are kept when they run out, but
+    drawing goes on until at least one object is placed.
+    """
     wanted = int(rng.integers(1, MAX_OBJECTS + 1))
     objects: list[_Object] = []
     instance = np.zeros((height, width), dtype=np.int32)
-    for _ in range(wanted * PLACEMENT_TRIES):
-        if len(objects) == wanted:
-            break
+    tries = 0
+    while len(objects) < wanted and (tries < wanted * PLACEMENT_TRIES or not objects):
+        tries += 1
         obj = _sample_object(rng, height, width)
         if obj is None:
             continue
@@ -212,8 +216,6 @@ def _layout(rng: np.random.Generator, height: int, width: int) -> list[_Object]:
         if all(visible[i] >= MIN_VISIBLE * o.mask.sum() for i, o in enumerate(objects)):
             objects.append(obj)
             instance = trial
-    if not objects:  # practically never: a centred medium disc always fits
-        return _layout(rng, height, width)
     return objects
 
 
