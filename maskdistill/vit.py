@@ -233,10 +233,18 @@ def _load_strict(model: VisionTransformer, state_dict: dict, path: Path) -> None
     ]
     if missing or unexpected or shapes:
         raise ValueError(
-            f"{path}: weights do not fit the inferred ViT; missing keys: {missing or 'none'}; "
-            f"unexpected keys: {unexpected or 'none'}; shape mismatches: {shapes or 'none'}"
+            f"{path}: weights do not fit the inferred ViT; missing keys: {_listing(missing)}; "
+            f"unexpected keys: {_listing(unexpected)}; shape mismatches: {_listing(shapes)}"
         )
     model.load_state_dict(state_dict, strict=True)
+
+
+def _listing(items: list[str], limit: int = 20) -> str:
+    """At most ``limit`` items, comma separated, with a count of the rest."""
+    if not items:
+        return "none"
+    more = f" ... ({len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
 
 
 def num_prefix_tokens(model: VisionTransformer) -> int:
@@ -264,6 +272,8 @@ def preprocess(
     Returns:
         (3, Hp, Wp) float32 tensor and the (H', W') size after resizing, before padding.
     """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
     pil = Image.fromarray(image)
     if resize is not None:
         pil = TF.resize(pil, resize)

@@ -55,6 +55,8 @@ def test_preprocess_without_resize_and_smaller_than_a_patch():
     torch.testing.assert_close(tensor[:, 1, 4], expected)
     assert tensor[:, 3:].abs().sum() == 0 and tensor[:, :, 5:].abs().sum() == 0
     torch.testing.assert_close(vit.preprocess_full(image, 8), tensor)
+    with pytest.raises(ValueError, match="expected an"):
+        vit.preprocess(image[..., 0], None, 8)
 
 
 # --- positional embeddings -----------------------------------------------------------------
@@ -273,6 +275,7 @@ def test_bad_checkpoints(tiny, tmp_path):
     with pytest.raises(ValueError) as error:
         vit.load_backbone(str(broken))
     message = str(error.value)
+    assert "weights do not fit" in message
     assert "broken.pth" in message and "blocks.1.mlp.fc2.weight" in message
     assert "blocks.1.extra.weight" in message and "blocks.0.attn.proj.weight" in message
     odd_width = tmp_path / "odd.pth"
