@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "make-demo-data": "demo_data",
     "discover": "discover",
     "cluster": "cluster",
+    "evaluate": "evaluate",
     "pretrain": "pretrain",
     "gpu-run": "gpu_run",
 }
@@ -27,8 +28,12 @@ COMMANDS: dict[str, str] = {
 log = logging.getLogger("maskdistill")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every registered subcommand."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser with every registered subcommand, or only with ``only``.
+
+    Building one subcommand imports only its module: a job that runs ``maskdistill gpu-run``
+    or ``maskdistill cluster`` does not pay for importing every stage's dependencies.
+    """
     parser = argparse.ArgumentParser(
         prog="maskdistill", description="MaskDistill pipeline stages (see README.md)."
     )
@@ -36,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
+        if only is not None and name != only:
+            continue
         module = importlib.import_module(f"maskdistill.commands.{module_name}")
         doc = (module.__doc__ or "").strip().splitlines()
         sub = subparsers.add_parser(name, help=doc[0] if doc else None, description=module.__doc__)
@@ -46,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``maskdistill`` console script and ``python -m maskdistill``."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

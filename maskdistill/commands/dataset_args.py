@@ -1,0 +1,35 @@
+"""Command-line arguments naming a dataset (the config's ``dataset`` section), for any command."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from maskdistill.data import KINDS, Dataset, open_dataset
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--images --dataset-kind --splits --imagesets --annotations --image-list``."""
+    data = parser.add_argument_group("dataset")
+    data.add_argument("--images", required=True, help="image folder (dataset root)")
+    data.add_argument("--dataset-kind", choices=KINDS, default="folder")
+    data.add_argument("--splits", nargs="+", default=None, help="voc: split names, e.g. val")
+    data.add_argument("--imagesets", default="Segmentation", help="voc: ImageSets/<imagesets>")
+    data.add_argument("--annotations", default=None, help="coco: instances JSON")
+    data.add_argument("--image-list", default=None, help="coco: file with one file name a line")
+
+
+def dataset_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``dataset`` config section that the arguments describe."""
+    return {
+        "kind": args.dataset_kind,
+        "root": args.images,
+        "imagesets": args.imagesets,
+        "annotations": args.annotations,
+        "image_list": args.image_list,
+    }
+
+
+def open_dataset_from_args(args: argparse.Namespace) -> Dataset:
+    """The dataset (restricted to ``--splits``) that the arguments describe."""
+    return open_dataset(dataset_spec(args), args.splits)
