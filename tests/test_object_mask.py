@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import scipy.ndimage
 import torch
+import torch.nn.functional as F
 
 from maskdistill.discover import (
     cls_affinity,
@@ -15,6 +18,7 @@ from maskdistill.discover import (
     object_mask,
     object_masks,
 )
+from maskdistill.vit import last_block_qk, load_backbone, preprocess
 
 
 def reference_mask(q, k, cols, heads, topk, mass, center_keys=False):
@@ -234,3 +238,61 @@ def test_mask_outside_zeroes_outside_and_padding():
     assert out.shape == (3, 8, 8)
     assert out.sum() == 3 * 6
     assert (out[:, 1:3, 2:5] == 1).all()
+
+
+def reference_last_qk(model, image):
+    """q, k as the authors' code gets them: DINO's ``prepare_tokens`` and blocks written out with
+    explicit softmax attention (MaskDistill models_vit.py + its timm fork), one image."""
+    _, _, w, h = image.shape  # DINO's naming: w is the height
+    patch = model.patch_embed.proj.kernel_size[0]
+    x = model.patch_embed.proj(image).flatten(2).transpose(1, 2)
+    x = torch.cat((model.cls_token, x), dim=1)
+    n = model.pos_embed.shape[1] - 1
+    if x.shape[1] - 1 == n and w == h:
+        x = x + model.pos_embed
+    else:
+        dim = x.shape[-1]
+        grid = model.pos_embed[:, 1:].reshape(1, int(math.sqrt(n)), int(math.sqrt(n)), dim)
+        grid = F.interpolate(
+            grid.permute(0, 3, 1, 2),
+            scale_factor=((w // patch + 0.1) / math.sqrt(n), (h // patch + 0.1) / math.sqrt(n)),
+            mode="bicubic",
+        )
+        grid = grid.permute(0, 2, 3, 1).view(1, -1, dim)
+        x = x + torch.cat((model.pos_embed[:, :1], grid), dim=1)
+    for i, block in enumerate(model.blocks):
+        attn = block.attn
+        batch, tokens, channels = x.shape
+        qkv = attn.qkv(block.norm1(x)).reshape(batch, tokens, 3, attn.num_heads, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        if i == len(model.blocks) - 1:
+            return q, k
+        weights = ((q @ k.transpose(-2, -1)) * attn.scale).softmax(dim=-1)
+        x = x + attn.proj((weights @ v).transpose(1, 2).reshape(batch, tokens, channels))
+        x = x + block.mlp(block.norm2(x))
+    raise AssertionError("unreachable")
+
+
+def test_whole_stage_matches_reference_pipeline():
+    """Image -> preprocess -> q/k -> mask equals the authors' forward and mask_generator."""
+    model = load_backbone("random:patch=8,width=192,depth=3,seed=5,img=64")
+    rng = np.random.default_rng(5)
+    nontrivial = 0
+    for height, width in [(64, 64), (45, 70), (90, 33)]:
+        image = np.zeros((height, width, 3), np.uint8)
+        image[:] = rng.integers(0, 256, size=3)
+        image[height // 4 : height // 2, width // 3 : 2 * width // 3] = rng.integers(0, 256, 3)
+        tensor, _ = preprocess(image, 64, 8)
+        rows, cols = tensor.shape[1] // 8, tensor.shape[2] // 8
+        with torch.inference_mode():
+            q, k = last_block_qk(model, tensor[None])
+            q_ref, k_ref = reference_last_qk(model, tensor[None])
+        for center in (False, True):
+            expected, expected_source = reference_mask(
+                q_ref[0], k_ref[0], cols, 2, 0.4, 0.5, center
+            )
+            mask, source = object_mask(q[0], k[0], (rows, cols), heads=2, center_keys=center)
+            assert source == expected_source
+            np.testing.assert_array_equal(mask, expected)
+            nontrivial += int(0 < mask.sum() < mask.size)
+    assert nontrivial >= 2  # random weights: the default masks cover everything, centred ones not
