@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
+from safetensors.torch import load_file
 from timm.models import VisionTransformer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -110,7 +111,8 @@ def _random_backbone(spec: str, num_heads: int | None) -> VisionTransformer:
     heads = settings.pop("heads", num_heads) or _default_heads(settings["width"], spec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings["seed"])
-        return VisionTransformer(
+        return _build_vit(
+            spec,
             img_size=settings["img"],
             patch_size=settings["patch"],
             embed_dim=settings["width"],
@@ -118,8 +120,15 @@ def _random_backbone(spec: str, num_heads: int | None) -> VisionTransformer:
             num_heads=heads,
             reg_tokens=settings["reg"],
             no_embed_class=settings["reg"] > 0,
-            num_classes=0,
         )
+
+
+def _build_vit(source: str, **kwargs) -> VisionTransformer:
+    """A headless timm VisionTransformer; timm's argument assertions become ValueError."""
+    try:
+        return VisionTransformer(**kwargs, num_classes=0)
+    except (AssertionError, ValueError, ZeroDivisionError) as error:
+        raise ValueError(f"{source}: cannot build a ViT with {kwargs}: {error}") from error
 
 
 def _default_heads(width: int, source: str) -> int:
@@ -135,8 +144,6 @@ def _read_checkpoint(path: Path) -> dict:
     """The raw object of a checkpoint file (safe loading only: tensors, dicts, argparse args)."""
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             return load_file(str(path))
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -181,7 +188,7 @@ def _checkpoint_backbone(path: Path, num_heads: int | None) -> VisionTransformer
             f"{path}: not a ViT checkpoint (no patch_embed.proj.weight among "
             f"{len(state_dict)} tensors)"
         )
-    model = VisionTransformer(**_architecture(state_dict, num_heads, path), num_classes=0)
+    model = _build_vit(str(path), **_architecture(state_dict, num_heads, path))
     _load_strict(model, state_dict, path)
     return model
 

@@ -181,6 +181,8 @@ def test_random_spec_is_deterministic_and_frozen():
     )
     with pytest.raises(ValueError, match="bad random backbone spec"):
         vit.load_backbone("random:patch=8,colour=3")
+    with pytest.raises(ValueError, match="cannot build a ViT"):
+        vit.load_backbone("random:width=192,heads=5")
 
 
 def test_timm_names():
