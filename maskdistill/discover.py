@@ -3,9 +3,11 @@
 ``object_mask`` is METHOD.md stage 1, steps 1-8, as the authors' ``mask_generator``
 (wvangansbeke/MaskDistill, gen_masks.py) computes it, without building the N x N patch graph:
 G = sum_h K_h K_h^T is only needed in the source's row and in the sum of the seeds' rows, and
-those are dot products with the keys concatenated over all heads. All arithmetic runs in float32
-on the CPU, so that ties (many patches are zeroed by the attention-mass filter) resolve through
-``torch.topk`` the same way whatever device produced q and k.
+those are dot products with the keys concatenated over all heads (the seeds' rows are summed as
+``(sum of the seeds' keys) . keys``: equal in exact arithmetic, so a patch can only differ from
+the N x N computation where its value is within float32 rounding of 0). All arithmetic runs in
+float32 on the CPU, so that ties (many patches are zeroed by the attention-mass filter) resolve
+through ``torch.topk`` the same way whatever device produced q and k.
 
 Also the pure helpers of the clustering feature (METHOD.md stage 2): ``crop_to_box`` and
 ``mask_outside``.
@@ -83,6 +85,7 @@ def object_mask(
         (row-major). An empty seed set or a mask without the source gives an all-False mask
         (the reference would return the complement of its diffusion there).
     """
+    _check_qk(q, k, heads, num_prefix_tokens)
     rows, cols = grid_shape
     n_patches = rows * cols
     if q.shape[1] != num_prefix_tokens + n_patches:
