@@ -11,6 +11,7 @@ configfile: "config.yaml"
 include: "rules/common.smk"
 include: "rules/demo_data.smk"
 include: "rules/discover.smk"
+include: "rules/pretrain.smk"
 
 
 rule all:

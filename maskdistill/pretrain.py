@@ -150,7 +150,7 @@ def to_tensor(image: np.ndarray) -> Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float32 in [0, 1]."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    return torch.tensor(image).permute(2, 0, 1).float().div_(255.0)
 
 
 def random_resized_crop_box(

@@ -2,6 +2,7 @@
 # Rules read config only through `params:` and the functions below.
 import hashlib
 import json
+import shlex
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -35,6 +36,54 @@ def dataset_ready():
 def final_outputs():
     """Everything `rule all` asks for: the final output of every stage that exists."""
     return dataset_ready() + discover_shards()
+
+
+def pretrained_backbone():
+    """The pretrain stage's exported backbone, content addressed by the dataset and its settings."""
+    key = settings_key("dataset", "pretrain")
+    return RESULTS / "cache" / "pretrain" / key / "backbone.pth"
+
+
+def discover_backbone():
+    """The backbone discover runs: the pretrain stage's output when enabled, else the configured."""
+    if config["pretrain"]["enabled"]:
+        return str(pretrained_backbone())
+    return config["discover"]["backbone"]
+
+
+# config key -> command-line flag of `maskdistill pretrain` (training settings)
+_PRETRAIN_FLAGS = (
+    "views",
+    "patch_size",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "global_size",
+    "local_size",
+    "num_local",
+    "out_dim",
+    "batch_size",
+    "steps",
+    "lr",
+    "warmup_fraction",
+    "teacher_temp",
+    "teacher_momentum",
+    "hue",
+    "infonce_weight",
+    "koleo_weight",
+    "seed",
+    "checkpoint_every",
+    "device",
+)
+
+
+def pretrain_args():
+    """The training-settings part of the pretrain command line, quoted."""
+    args = []
+    for key in _PRETRAIN_FLAGS:
+        if config["pretrain"][key] is not None:
+            args += ["--" + key.replace("_", "-"), str(config["pretrain"][key])]
+    return shlex.join(args)
 
 
 def settings_key(*sections):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from maskdistill import cli, demo, pretrain, vit
@@ -231,3 +232,30 @@ def test_cli_trains_exports_and_resumes(tmp_path, caplog):
     with pytest.raises(SystemExit):  # other settings than the checkpoint's: one error, exit 1
         cli.main([*common, "--steps", "3"])
     assert "other settings" in caplog.text
+
+
+def test_cli_trains_on_a_folder_of_images(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(30, 40), (50, 20)]):
+        array = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        Image.fromarray(array).save(images / f"{i}.png")
+    cli.main(
+        [
+            "pretrain", "--images", str(images), "--dataset-kind", "folder",
+            "--out", str(tmp_path / "backbone.pth"), "--checkpoint", str(tmp_path / "ck.pth"),
+            "--patch-size", "4", "--embed-dim", "8", "--depth", "1", "--num-heads", "2",
+            "--global-size", "16", "--local-size", "8", "--num-local", "1", "--out-dim", "8",
+            "--head-hidden", "8", "--head-bottleneck", "4", "--batch-size", "2", "--steps", "1",
+        ]
+    )  # fmt: skip
+    payload = torch.load(tmp_path / "ck.pth", weights_only=True)
+    assert payload["step"] == 1 and payload["settings"]["infonce_weight"] == 0.0
+    assert vit.load_backbone(str(tmp_path / "backbone.pth"), num_heads=2).embed_dim == 8
+
+
+def test_resize_shorter_side():
+    image = np.zeros((30, 60, 3), np.uint8)
+    assert pretrain.resize_shorter_side(image, 16).shape == (16, 32, 3)
+    assert pretrain.resize_shorter_side(image.transpose(1, 0, 2), 10).shape == (20, 10, 3)

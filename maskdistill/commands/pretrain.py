@@ -18,6 +18,8 @@ import torch
 from tqdm import tqdm
 
 from maskdistill import pretrain
+from maskdistill.commands.dataset_args import open_dataset_from_args
+from maskdistill.data import KINDS
 from maskdistill.images import load_or_skip, write_skipped
 
 log = logging.getLogger(__name__)
@@ -29,11 +31,12 @@ _PER_VIEWS = {"infonce_weight": {"paired-demo": 1.0, "dataset": 0.0}}
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the pretrain options: inputs, outputs, and one flag per PretrainSettings field."""
     parser.add_argument("--views", choices=["dataset", "paired-demo"], default="dataset")
+    # the options of maskdistill.commands.dataset_args, optional here (paired-demo reads none)
     data = parser.add_argument_group("dataset (--views dataset)")
-    data.add_argument("--dataset-kind", choices=["folder", "voc", "coco"])
     data.add_argument("--images", help="folder: image folder; voc: VOC dir; coco: image dir")
-    data.add_argument("--imagesets", default="Segmentation", choices=["Main", "Segmentation"])
-    data.add_argument("--splits", nargs="+", default=["trainval"])
+    data.add_argument("--dataset-kind", choices=KINDS, default="folder")
+    data.add_argument("--splits", nargs="+", default=None, help="voc: split names, e.g. val")
+    data.add_argument("--imagesets", default="Segmentation", help="voc: ImageSets/<imagesets>")
     data.add_argument("--annotations", help="coco: instances JSON")
     data.add_argument("--image-list", help="coco: list of file names")
     data.add_argument("--on-bad-image", choices=["error", "skip"], default="error")
@@ -71,18 +74,9 @@ def settings_from_args(args: argparse.Namespace) -> pretrain.PretrainSettings:
 
 def load_training_images(args: argparse.Namespace, shorter_side: int) -> list[np.ndarray]:
     """The dataset's images, each resized so that its shorter side is ``shorter_side`` pixels."""
-    from maskdistill.data import open_dataset
-
-    if not args.dataset_kind or not args.images:
-        raise ValueError("--views dataset needs --dataset-kind and --images")
-    spec = {
-        "kind": args.dataset_kind,
-        "root": args.images,
-        "imagesets": args.imagesets,
-        "annotations": args.annotations,
-        "image_list": args.image_list,
-    }
-    records = open_dataset(spec, args.splits).records()
+    if not args.images:
+        raise ValueError("--views dataset needs --images (and --dataset-kind unless folder)")
+    records = open_dataset_from_args(args).records()
     images, skipped = [], []
     for record in tqdm(records, desc="loading images", mininterval=30):
         image = load_or_skip(record.path, args.on_bad_image, skipped)
