@@ -11,6 +11,8 @@ configfile: "config.yaml"
 include: "rules/common.smk"
 include: "rules/demo_data.smk"
 include: "rules/discover.smk"
+include: "rules/cluster.smk"
+include: "rules/evaluate.smk"
 include: "rules/pretrain.smk"
 
 

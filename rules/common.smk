@@ -33,9 +33,42 @@ def dataset_ready():
     return [DATASET["root"]] if config["demo_data"]["generate"] else []
 
 
+def cluster_outputs():
+    """The stage-2 outputs: pseudo ground truth and stats."""
+    return [RUN / "cluster" / "pseudo_gt.json", RUN / "cluster" / "stats.json"]
+
+
+def evaluation_enabled():
+    """Whether the config names an evaluation split of a dataset kind that has ground truth."""
+    return DATASET["eval_split"] is not None and DATASET["kind"] != "folder"
+
+
+if (
+    evaluation_enabled()
+    and DATASET["kind"] == "voc"
+    and DATASET["eval_split"] not in DATASET["learn_splits"]
+):
+    raise ValueError(
+        f"config key 'dataset.eval_split' ({DATASET['eval_split']!r}) is not one of "
+        f"dataset.learn_splits {DATASET['learn_splits']}: stages 1 and 2 only see the learning "
+        "images, so their metrics need the evaluation split among them (the reference learns on "
+        "trainval and evaluates on val)"
+    )
+
+
+def metrics_reports():
+    """The metrics JSONs the Markdown table shows, in stage order."""
+    return [RUN / "evaluate" / "discovery.json", RUN / "evaluate" / "cluster.json"]
+
+
+def evaluate_outputs():
+    """The metrics table (and with it every metrics JSON), when there is ground truth."""
+    return [RUN / "evaluate" / "metrics.md"] if evaluation_enabled() else []
+
+
 def final_outputs():
     """Everything `rule all` asks for: the final output of every stage that exists."""
-    return dataset_ready() + discover_shards()
+    return dataset_ready() + discover_shards() + cluster_outputs() + evaluate_outputs()
 
 
 def pretrained_backbone():

@@ -28,10 +28,11 @@ def _backbone_files():
     )
 
 
-def _dataset_args():
-    """The dataset part of the discover command line, quoted."""
+def _dataset_args(splits=None):
+    """The dataset part of a command line (default: the learning splits), quoted."""
+    splits = DATASET["learn_splits"] if splits is None else splits
     args = ["--dataset-kind", DATASET["kind"], "--images", DATASET["root"]]
-    args += ["--imagesets", DATASET["imagesets"], "--splits", *DATASET["learn_splits"]]
+    args += ["--imagesets", DATASET["imagesets"], "--splits", *splits]
     for flag, key in (("--annotations", "annotations"), ("--image-list", "image_list")):
         if DATASET[key] is not None:
             args += [flag, DATASET[key]]

@@ -1,0 +1,81 @@
+# Metrics against the ground truth of dataset.eval_split: stage-1 CorLoc, stage-2 mIoU, cluster
+# accuracy, NMI, ARI, and one Markdown table. Only when the dataset has ground truth.
+EVALUATE = config["evaluate"]
+EVALUATE_DIR = RUN / "evaluate"
+
+
+rule evaluate_discovery:
+    input:
+        dataset=dataset_ready(),
+        shards=discover_shards(),
+    output:
+        report(
+            EVALUATE_DIR / "discovery.json",
+            caption="../report/evaluate_json.rst",
+            category="Metrics",
+        ),
+    log:
+        LOGS / "evaluate_discovery.log",
+    benchmark:
+        BENCHMARKS / "evaluate_discovery.tsv"
+    conda:
+        "../envs/maskdistill.yaml"
+    threads: 1
+    resources:
+        mem_mb=EVALUATE["mem_mb"],
+        runtime=EVALUATE["runtime"],
+    params:
+        dataset=_dataset_args([DATASET["eval_split"]]),
+    shell:
+        "maskdistill evaluate discovery --shards {input.shards:q} {params.dataset}"
+        " --out {output:q} 2> {log:q}"
+
+
+rule evaluate_cluster:
+    input:
+        dataset=dataset_ready(),
+        pseudo_gt=CLUSTER_DIR / "pseudo_gt.json",
+    output:
+        report(
+            EVALUATE_DIR / "cluster.json",
+            caption="../report/evaluate_json.rst",
+            category="Metrics",
+        ),
+    log:
+        LOGS / "evaluate_cluster.log",
+    benchmark:
+        BENCHMARKS / "evaluate_cluster.tsv"
+    conda:
+        "../envs/maskdistill.yaml"
+    threads: 1
+    resources:
+        mem_mb=EVALUATE["mem_mb"],
+        runtime=EVALUATE["runtime"],
+    params:
+        dataset=_dataset_args([DATASET["eval_split"]]),
+    shell:
+        "maskdistill evaluate cluster --pseudo-gt {input.pseudo_gt:q} {params.dataset}"
+        " --out {output:q} 2> {log:q}"
+
+
+rule evaluate_table:
+    input:
+        reports=metrics_reports(),
+    output:
+        report(
+            EVALUATE_DIR / "metrics.md",
+            caption="../report/metrics_table.rst",
+            category="Metrics",
+        ),
+    log:
+        LOGS / "evaluate_table.log",
+    benchmark:
+        BENCHMARKS / "evaluate_table.tsv"
+    conda:
+        "../envs/maskdistill.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "maskdistill evaluate table --reports {input.reports:q} --out {output:q} 2> {log:q}"

@@ -1,0 +1,155 @@
+"""discover -> cluster -> evaluate through the command line on a tiny demo dataset, and the
+evaluate commands on inputs with known answers (CorLoc 1 / 0, an all-background prediction)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+from threadpoolctl import threadpool_limits
+
+from maskdistill.cli import main
+from maskdistill.data import open_dataset
+from maskdistill.shards import write_shard
+
+NUM_TRAIN, NUM_VAL = 6, 6
+BACKBONE = "random:patch=8,width=32,depth=2,heads=2,seed=0"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("chain") / "demo"
+    cli("make-demo-data", "--out", root, "--num-train", NUM_TRAIN, "--num-val", NUM_VAL)
+    return root
+
+
+def cli(*args) -> None:
+    """Run ``maskdistill ARGS`` in this process (arguments converted with str)."""
+    main([str(a) for a in args])
+
+
+def dataset_args(root: Path, split: str = "val") -> list:
+    return ["--images", root, "--dataset-kind", "voc", "--splits", split]
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_discover_cluster_evaluate_chain(demo, tmp_path):
+    shard, run = tmp_path / "shard-0-of-1.h5", tmp_path / "run"
+    with threadpool_limits(1):
+        cli("discover", *dataset_args(demo), "--splits", "train", "val", "--out", shard,
+            "--backbone", BACKBONE, "--feature-backbone", "same", "--resize", 64, "--heads", 2,
+            "--workers", 0, "--device", "cpu", "--threads", 1)  # fmt: skip
+        cli("cluster", "--shards", shard, "--k", 3, "--out", run / "pseudo_gt.json",
+            "--stats", run / "stats.json")  # fmt: skip
+    cli("evaluate", "discovery", "--shards", shard, *dataset_args(demo),
+        "--out", run / "discovery.json")  # fmt: skip
+    cli("evaluate", "cluster", "--pseudo-gt", run / "pseudo_gt.json", *dataset_args(demo),
+        "--out", run / "cluster.json")  # fmt: skip
+    cli("evaluate", "table", "--reports", run / "discovery.json", run / "cluster.json",
+        "--out", run / "metrics.md")  # fmt: skip
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(run / "pseudo_gt.json"))
+    stats = read(run / "stats.json")
+    assert len(coco.getImgIds()) == NUM_TRAIN + NUM_VAL == stats["num_images"]
+    assert (
+        len(coco.getAnnIds())
+        == stats["num_annotated"]
+        == NUM_TRAIN + NUM_VAL - len(stats["empty_images"])
+    )
+    assert sum(stats["cluster_sizes"]) == stats["num_annotated"]
+    assert {ann["category_id"] for ann in coco.dataset["annotations"]} <= {1, 2, 3}
+
+    discovery = read(run / "discovery.json")
+    assert discovery["num_images"] == NUM_VAL
+    assert 0.0 <= discovery["summary"]["CorLoc"] <= 1.0
+    assert discovery["missing"] == []
+
+    cluster = read(run / "cluster.json")
+    classes = (demo / "classes.txt").read_text().split()
+    assert list(cluster["per_class_iou"]) == ["background", *classes]
+    assert cluster["num_images"] == cluster["num_with_semantic_labels"] == NUM_VAL
+    for name in ("mIoU", "cluster accuracy", "NMI", "ARI"):
+        assert -1.0 <= cluster["summary"][name] <= 1.0, name
+    assert 0.0 <= cluster["summary"]["mIoU"] <= 1.0
+    assert cluster["objects"]["num_objects"] <= NUM_VAL
+
+    table = (run / "metrics.md").read_text()
+    assert "| stage 1: discover | CorLoc |" in table
+    assert "| stage 2: cluster | mIoU |" in table
+    assert all(f"| {name} |" in table for name in classes)
+
+
+def discover_record(index: int, file_name: str, size: tuple[int, int], box) -> dict:
+    """A shard record with the given box (the mask itself is not read by CorLoc)."""
+    return {
+        "id": index,
+        "file_name": file_name,
+        "image_size": size,
+        "resized_size": size,
+        "patch_size": 8,
+        "grid_shape": (1, 1),
+        "source": 0,
+        "grid_mask": np.ones((1, 1), bool),
+        "box": box,
+        "empty": False,
+        "feature": np.zeros(4, np.float32),
+        "attention": np.zeros((1, 1), np.float16),
+    }
+
+
+def test_corloc_is_one_for_ground_truth_boxes_and_zero_for_far_boxes(demo, tmp_path):
+    dataset = open_dataset({"kind": "voc", "root": str(demo)}, ["val"])
+    records = dataset.records()
+    hits, misses = [], []
+    for r in records:
+        b = dataset.boxes(r)[-1]
+        size = (r.height, r.width)
+        hits.append(discover_record(r.id, r.file_name, size, (b.x, b.y, b.w, b.h)))
+        misses.append(discover_record(r.id, r.file_name, size, (b.x + b.w, b.y + b.h, 2, 2)))
+    for name, shard_records, expected in (("hit", hits, 1.0), ("miss", misses, 0.0)):
+        shard = tmp_path / f"{name}.h5"
+        write_shard(shard, shard_records[1:], {})  # the first image is missing: a miss
+        cli("evaluate", "discovery", "--shards", shard, *dataset_args(demo),
+            "--out", tmp_path / f"{name}.json")  # fmt: skip
+        report = read(tmp_path / f"{name}.json")
+        assert report["missing"] == [records[0].file_name]
+        assert report["summary"]["CorLoc"] == pytest.approx(expected * (NUM_VAL - 1) / NUM_VAL)
+
+
+def test_all_background_prediction_scores_background_iou_only(demo, tmp_path):
+    dataset = open_dataset({"kind": "voc", "root": str(demo)}, ["val"])
+    images = [
+        {"id": r.id, "file_name": r.file_name, "height": r.height, "width": r.width}
+        for r in dataset.records()
+    ]
+    categories = [{"id": i + 1, "name": f"cluster_{i:02d}"} for i in range(3)]
+    pseudo_gt = tmp_path / "empty.json"
+    pseudo_gt.write_text(
+        json.dumps({"images": images, "annotations": [], "categories": categories})
+    )
+    cli("evaluate", "cluster", "--pseudo-gt", pseudo_gt, *dataset_args(demo),
+        "--out", tmp_path / "cluster.json")  # fmt: skip
+    report = read(tmp_path / "cluster.json")
+    # expected from the label PNGs: background IoU = background pixels / valid pixels
+    pngs = [demo / "SegmentationClass" / f"{Path(im['file_name']).stem}.png" for im in images]
+    labels = np.concatenate([np.asarray(Image.open(png)).ravel() for png in pngs])
+    valid = labels[labels != 255]
+    present = set(np.unique(valid).tolist()) - {0}
+    background = float(np.mean(valid == 0))
+    iou = report["per_class_iou"]
+    assert iou["background"] == pytest.approx(background)
+    assert all(v == 0.0 for k, v in iou.items() if k != "background" and v is not None)
+    assert sum(v is not None for v in iou.values()) == 1 + len(present)
+    assert report["summary"]["mIoU"] == pytest.approx(background / (1 + len(present)))
+    assert report["summary"]["cluster accuracy"] is None
+    assert report["num_unannotated"] == NUM_VAL
