@@ -191,7 +191,7 @@ def bucket_batches(
 class _Item:
     """One decoded image: backbone input, full-resolution normalised image, or why it failed."""
 
-    index: int
+    record: ImageRecord
     image: torch.Tensor | None = None  # (3, Hp, Wp) resized, normalised, zero-padded
     resized_size: tuple[int, int] = (0, 0)
     image_size: tuple[int, int] = (0, 0)  # (H, W) original
@@ -202,14 +202,18 @@ class _Item:
 
 
 class ImageSet(torch.utils.data.Dataset):
-    """Decodes and preprocesses records (runs in DataLoader workers)."""
+    """Decodes and preprocesses records (runs in DataLoader workers).
+
+    Each item holds the backbone input and, unless ``feature_patch`` is None, the
+    full-resolution image padded to ``feature_patch`` for the clustering feature.
+    """
 
     def __init__(
         self,
         records: Sequence[ImageRecord],
         resize: int,
         patch: int,
-        feature_patch: int,
+        feature_patch: int | None,
         on_bad_image: str,
     ) -> None:
         self.records = list(records)
@@ -227,12 +231,14 @@ class ImageSet(torch.utils.data.Dataset):
         try:
             image = load_or_skip(record.path, self.on_bad_image, skipped, name=record.file_name)
         except BadImageError as error:  # re-raised by the main process, not the worker
-            return _Item(index, error=error)
+            return _Item(record, error=error)
         if image is None:
-            return _Item(index, skipped=skipped[0])
+            return _Item(record, skipped=skipped[0])
         tensor, resized = vit.preprocess(image, self.resize, self.patch)
-        full = vit.preprocess_full(image, self.feature_patch)
-        return _Item(index, tensor, tuple(resized), image.shape[:2], full)
+        full = None
+        if self.feature_patch is not None:
+            full = vit.preprocess_full(image, self.feature_patch)
+        return _Item(record, tensor, tuple(resized), image.shape[:2], full)
 
 
 def _feature_inputs(
@@ -272,27 +278,32 @@ def _cls_features(model: torch.nn.Module, inputs: Sequence[torch.Tensor], device
     return np.stack(out)
 
 
-def discover_batch(
-    items: Sequence[_Item],
-    records: Sequence[ImageRecord],
-    models: Backbones,
+def batch_masks(
+    model: torch.nn.Module,
+    images: torch.Tensor,
     settings: DiscoverSettings,
-    device: torch.device,
     precision: str = "fp32",
-) -> list[dict[str, Any]]:
-    """Shard records (see :func:`maskdistill.shards.read_shard`) for images of one input shape."""
-    patch = vit.patch_size(models.backbone)
-    prefix = vit.num_prefix_tokens(models.backbone)
-    images = torch.stack([item.image for item in items]).to(device)
+) -> list[tuple[np.ndarray, int, torch.Tensor]]:
+    """Object masks of a batch of equal-shape images (METHOD.md stage 1, steps 1-8).
+
+    Args:
+        model: the mask backbone.
+        images: (B, 3, Hp, Wp) preprocessed, on the model's device; Hp, Wp multiples of P.
+
+    Returns:
+        Per image: grid mask bool (h, w), source patch index, CLS affinity (h, w) float32.
+    """
+    patch = vit.patch_size(model)
+    prefix = vit.num_prefix_tokens(model)
     grid_shape = (images.shape[2] // patch, images.shape[3] // patch)
-    with autocast(device, precision):
-        q, k = vit.last_block_qk(models.backbone, images)
+    with autocast(images.device, precision):
+        q, k = vit.last_block_qk(model, images)
     q, k = q.float(), k.float()
-    results, masks, boxes = [], [], []
-    for b, item in enumerate(items):
+    out = []
+    for qi, ki in zip(q, k, strict=True):
         grid_mask, source = discover.object_mask(
-            q[b],
-            k[b],
+            qi,
+            ki,
             grid_shape,
             heads=settings.heads,
             topk=settings.topk,
@@ -300,9 +311,27 @@ def discover_batch(
             center_keys=settings.center_keys,
             num_prefix_tokens=prefix,
         )
+        affinity = discover.cls_affinity(qi, ki, settings.heads, prefix).reshape(grid_shape)
+        out.append((grid_mask, source, affinity))
+    return out
+
+
+def discover_batch(
+    items: Sequence[_Item],
+    models: Backbones,
+    settings: DiscoverSettings,
+    device: torch.device,
+    precision: str = "fp32",
+) -> list[dict[str, Any]]:
+    """Shard records (see :func:`maskdistill.shards.read_shard`) for images of one input shape."""
+    patch = vit.patch_size(models.backbone)
+    images = torch.stack([item.image for item in items]).to(device)
+    results, masks, boxes = [], [], []
+    for item, (grid_mask, source, affinity) in zip(
+        items, batch_masks(models.backbone, images, settings, precision), strict=True
+    ):
         mask = upsample_grid_mask(grid_mask, patch, item.resized_size, item.image_size)
-        attention = discover.cls_affinity(q[b], k[b], settings.heads, prefix)
-        record = records[item.index]
+        record = item.record
         box = mask_box(mask)
         results.append(
             {
@@ -311,12 +340,12 @@ def discover_batch(
                 "image_size": item.image_size,
                 "resized_size": item.resized_size,
                 "patch_size": patch,
-                "grid_shape": grid_shape,
+                "grid_shape": grid_mask.shape,
                 "source": int(source),
                 "grid_mask": grid_mask,
                 "box": box,
                 "empty": not mask.any(),
-                "attention": attention.numpy().reshape(grid_shape),
+                "attention": affinity.numpy(),
             }
         )
         masks.append(mask)
@@ -352,6 +381,48 @@ def _padded_shapes(
     return usable, shapes
 
 
+def decoded_batches(
+    records: Sequence[ImageRecord],
+    *,
+    resize: int,
+    patch: int,
+    feature_patch: int | None,
+    batch_size: int,
+    workers: int = 0,
+    on_bad_image: str = "error",
+    skipped: list[tuple[str, str]] | None = None,
+    progress: bool = True,
+) -> Iterator[list[_Item]]:
+    """Decoded, preprocessed images in batches of one input shape, in (shape, name) order.
+
+    Decoding runs in ``workers`` DataLoader processes; bad images are raised or, with
+    ``on_bad_image="skip"``, appended to ``skipped`` as (file_name, reason).
+    """
+    skipped = [] if skipped is None else skipped
+    usable, shapes = _padded_shapes(records, resize, patch, on_bad_image, skipped)
+    batches = bucket_batches(shapes, [r.file_name for r in usable], batch_size)
+    loader = DataLoader(
+        ImageSet(usable, resize, patch, feature_patch, on_bad_image),
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=list,
+    )
+    with tqdm(total=len(records), unit="img", desc="discover", disable=not progress) as bar:
+        bar.update(len(records) - len(usable))
+        for items in loader:
+            by_shape: dict[tuple[int, ...], list[_Item]] = defaultdict(list)
+            for item in items:
+                if item.error is not None:
+                    raise item.error
+                if item.skipped is not None:
+                    skipped.append(item.skipped)
+                    continue
+                # a header size can disagree with the decoded image: regroup by real shape
+                by_shape[tuple(item.image.shape)].append(item)
+            yield from by_shape.values()
+            bar.update(len(items))
+
+
 def discover_records(
     records: Sequence[ImageRecord],
     models: Backbones,
@@ -380,38 +451,20 @@ def discover_records(
         skipped: the skip list to append to.
         progress: show a tqdm progress bar.
     """
-    skipped = [] if skipped is None else skipped
-    patch = vit.patch_size(models.backbone)
-    if settings.heads > models.backbone.blocks[-1].attn.num_heads:
-        raise ValueError(
-            f"heads: {settings.heads} heads requested but the backbone has only "
-            f"{models.backbone.blocks[-1].attn.num_heads}"
-        )
-    usable, shapes = _padded_shapes(records, settings.resize, patch, on_bad_image, skipped)
-    batches = bucket_batches(shapes, [r.file_name for r in usable], batch_size)
-    loader = DataLoader(
-        ImageSet(usable, settings.resize, patch, vit.patch_size(models.feature), on_bad_image),
-        batch_sampler=batches,
-        num_workers=workers,
-        collate_fn=list,
+    heads = models.backbone.blocks[-1].attn.num_heads
+    if settings.heads > heads:
+        raise ValueError(f"heads: {settings.heads} requested, the backbone has only {heads}")
+    batches = decoded_batches(
+        records,
+        resize=settings.resize,
+        patch=vit.patch_size(models.backbone),
+        feature_patch=vit.patch_size(models.feature),
+        batch_size=batch_size,
+        workers=workers,
+        on_bad_image=on_bad_image,
+        skipped=skipped,
+        progress=progress,
     )
-    with (
-        torch.inference_mode(),
-        tqdm(total=len(records), unit="img", desc="discover", disable=not progress) as bar,
-    ):
-        bar.update(len(records) - len(usable))
-        for items in loader:
-            decoded = []
-            for item in items:
-                if item.error is not None:
-                    raise item.error
-                if item.skipped is not None:
-                    skipped.append(item.skipped)
-                else:
-                    decoded.append(item)
-            by_shape: dict[tuple[int, ...], list[_Item]] = defaultdict(list)
-            for item in decoded:  # a header size can disagree with the decoded image
-                by_shape[tuple(item.image.shape)].append(item)
-            for group in by_shape.values():
-                yield from discover_batch(group, usable, models, settings, device, precision)
-            bar.update(len(items))
+    with torch.inference_mode():
+        for items in batches:
+            yield from discover_batch(items, models, settings, device, precision)

@@ -4,7 +4,11 @@
 import shlex
 
 DISCOVER = config["discover"]
-DISCOVER_DIR = RESULTS / "cache" / "discover" / settings_key("dataset", "discover")
+# with the pretrain stage enabled its settings decide the backbone, so they are part of the key
+_DISCOVER_KEY_SECTIONS = ["dataset", "discover"] + (
+    ["pretrain"] if config["pretrain"]["enabled"] else []
+)
+DISCOVER_DIR = RESULTS / "cache" / "discover" / settings_key(*_DISCOVER_KEY_SECTIONS)
 
 
 def discover_shards():
@@ -18,7 +22,7 @@ def discover_shards():
 
 def _backbone_files():
     """Backbone specs that name checkpoint files (as maskdistill.vit tells them from timm names)."""
-    specs = {DISCOVER["backbone"], DISCOVER["feature_backbone"]} - {"same"}
+    specs = {discover_backbone(), DISCOVER["feature_backbone"]} - {"same"}
     suffixes = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
     return sorted(
         s
@@ -61,7 +65,7 @@ rule discover:
         gpu=DISCOVER["gpu"],
     params:
         dataset=_dataset_args(),
-        backbone=DISCOVER["backbone"],
+        backbone=discover_backbone(),
         num_heads=(
             f"--num-heads {DISCOVER['num_heads']}"
             if DISCOVER["num_heads"] is not None

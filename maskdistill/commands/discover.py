@@ -20,7 +20,11 @@ import h5py
 import torch
 
 from maskdistill import runner
-from maskdistill.data import open_dataset
+from maskdistill.commands.dataset_args import (
+    add_dataset_arguments,
+    dataset_spec,
+    open_dataset_from_args,
+)
 from maskdistill.images import ON_BAD_IMAGE, write_skipped
 from maskdistill.io import atomic_path
 from maskdistill.provenance import provenance
@@ -30,13 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    data = parser.add_argument_group("dataset")
-    data.add_argument("--images", required=True, help="image folder (dataset root)")
-    data.add_argument("--dataset-kind", choices=("folder", "voc", "coco"), default="folder")
-    data.add_argument("--splits", nargs="+", default=None, help="voc: split names, e.g. train")
-    data.add_argument("--imagesets", default="Segmentation", help="voc: ImageSets/<imagesets>")
-    data.add_argument("--annotations", default=None, help="coco: instances JSON")
-    data.add_argument("--image-list", default=None, help="coco: file with one file name a line")
+    add_dataset_arguments(parser)
 
     model = parser.add_argument_group("backbones")
     model.add_argument(
@@ -129,14 +127,8 @@ def run(args: argparse.Namespace) -> None:
     runner.autocast(device, args.precision)  # rejects an unknown precision before any work
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    spec = {
-        "kind": args.dataset_kind,
-        "root": args.images,
-        "imagesets": args.imagesets,
-        "annotations": args.annotations,
-        "image_list": args.image_list,
-    }
-    records = open_dataset(spec, args.splits).records()
+    spec = dataset_spec(args)
+    records = open_dataset_from_args(args).records()
     mine = runner.select_shard(records, args.shard, args.num_shards)
     log.info(
         "shard %d of %d: %d of %d images, device %s, precision %s",
