@@ -153,3 +153,18 @@ def test_all_background_prediction_scores_background_iou_only(demo, tmp_path):
     assert report["summary"]["mIoU"] == pytest.approx(background / (1 + len(present)))
     assert report["summary"]["cluster accuracy"] is None
     assert report["num_unannotated"] == NUM_VAL
+
+
+def test_pseudo_gt_with_an_unknown_category_is_a_one_line_error(demo, tmp_path, caplog):
+    record = open_dataset({"kind": "voc", "root": str(demo)}, ["val"]).records()[0]
+    image = {"id": 1, "file_name": record.file_name, "height": record.height, "width": 1}
+    annotation = {"id": 7, "image_id": 1, "category_id": 9, "segmentation": {}, "bbox": [0] * 4}
+    pseudo_gt = tmp_path / "bad.json"
+    pseudo_gt.write_text(
+        json.dumps({"images": [image], "annotations": [annotation], "categories": [{"id": 1}]})
+    )
+    with pytest.raises(SystemExit):
+        cli("evaluate", "cluster", "--pseudo-gt", pseudo_gt, *dataset_args(demo),
+            "--out", tmp_path / "cluster.json")  # fmt: skip
+    assert "bad.json: annotation 7 has category_id 9, expected 1..1" in caplog.text
+    assert not (tmp_path / "cluster.json").exists()

@@ -130,13 +130,19 @@ def _index_annotations(path: str) -> tuple[dict[str, dict], int]:
     coco = read_json(path)
     try:
         names = {image["id"]: image["file_name"] for image in coco["images"]}
+        num_categories = len(coco["categories"])
         by_name: dict[str, dict] = {}
         for ann in coco["annotations"]:
             name = names[ann["image_id"]]
             if name in by_name:
                 raise ValueError(f"{path}: image {name!r} has more than one annotation")
+            if not 1 <= ann["category_id"] <= num_categories:
+                raise ValueError(
+                    f"{path}: annotation {ann['id']} has category_id {ann['category_id']}, "
+                    f"expected 1..{num_categories} (1 + cluster index)"
+                )
             by_name[name] = ann
-        return by_name, len(coco["categories"])
+        return by_name, num_categories
     except (KeyError, TypeError) as error:
         raise ValueError(f"{path}: not a COCO instances JSON ({error!r} missing)") from error
 
