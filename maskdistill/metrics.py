@@ -79,11 +79,15 @@ def merge_labels(counts: np.ndarray, mapping: np.ndarray) -> np.ndarray:
     return counts @ onehot
 
 
-def semantic_scores(confusion: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+def semantic_scores(
+    confusion: np.ndarray, class_names: Sequence[str], mapping: np.ndarray | None = None
+) -> dict[str, Any]:
     """mIoU, per-class IoU and the label matching from a summed confusion matrix (C, K).
 
-    IoU of class c = TP / (TP + FP + FN) after matching; a class absent from both ground truth
-    and matched predictions has no IoU (null) and is left out of the mean.
+    Labels are matched to classes by :func:`match_labels`, unless ``mapping`` (int (K,), the
+    class of each label) is given. IoU of class c = TP / (TP + FP + FN) after matching; a class
+    absent from both ground truth and matched predictions has no IoU (null) and is left out of
+    the mean.
 
     Returns:
         {"miou", "pixel_accuracy", "per_class_iou": {name: iou | None},
@@ -92,7 +96,12 @@ def semantic_scores(confusion: np.ndarray, class_names: Sequence[str]) -> dict[s
     confusion = np.asarray(confusion, dtype=np.int64)
     if confusion.shape[0] != len(class_names):
         raise ValueError(f"{confusion.shape[0]} confusion rows but {len(class_names)} class names")
-    mapping = match_labels(confusion)
+    if mapping is None:
+        mapping = match_labels(confusion)
+    elif len(mapping) != confusion.shape[1]:
+        raise ValueError(
+            f"mapping has {len(mapping)} labels, the confusion matrix {confusion.shape[1]}"
+        )
     merged = merge_labels(confusion, mapping)
     tp = np.diag(merged).astype(np.float64)
     union = merged.sum(axis=0) + merged.sum(axis=1) - tp
@@ -168,13 +177,7 @@ def cluster_scores(
         raise ValueError(f"clusters {clusters.shape} and classes {classes.shape} must be (N,)")
     if clusters.size == 0:
         raise ValueError("no object to score")
-    if clusters.min() < 0 or clusters.max() >= num_clusters:
-        raise ValueError(f"cluster id outside 0..{num_clusters - 1}")
-    if classes.min() < 0 or classes.max() >= num_classes:
-        raise ValueError(f"class index outside 0..{num_classes - 1}")
-    counts = np.bincount(
-        classes * num_clusters + clusters, minlength=num_classes * num_clusters
-    ).reshape(num_classes, num_clusters)
+    counts = confusion_matrix(classes, clusters, num_classes, num_clusters)
     mapping = match_labels(counts)
     correct = counts[mapping, np.arange(num_clusters)].sum()
     return {

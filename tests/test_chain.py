@@ -15,7 +15,9 @@ from pycocotools.coco import COCO
 from threadpoolctl import threadpool_limits
 
 from maskdistill.cli import main
+from maskdistill.cluster import mask_annotation
 from maskdistill.data import open_dataset
+from maskdistill.metrics import box_class
 from maskdistill.shards import write_shard
 
 NUM_TRAIN, NUM_VAL = 6, 6
@@ -168,3 +170,33 @@ def test_pseudo_gt_with_an_unknown_category_is_a_one_line_error(demo, tmp_path, 
             "--out", tmp_path / "cluster.json")  # fmt: skip
     assert "bad.json: annotation 7 has category_id 9, expected 1..1" in caplog.text
     assert not (tmp_path / "cluster.json").exists()
+
+
+def test_object_matching_maps_each_cluster_to_the_class_of_its_objects(demo, tmp_path):
+    dataset = open_dataset({"kind": "voc", "root": str(demo)}, ["val"])
+    permutation = [3, 5, 0, 1, 4, 2]  # class index c (0-based) -> cluster permutation[c]
+    images, annotations, voted = [], [], {}
+    for record in dataset.records():
+        images.append({"id": record.id, "file_name": record.file_name,
+                       "height": record.height, "width": record.width})  # fmt: skip
+        mask, _ = dataset.instance_masks(record)[0]
+        boxes = dataset.boxes(record)
+        ann = mask_annotation(mask, annotation_id=record.id + 1, image_id=record.id, category_id=1)
+        gt = np.array([(b.x, b.y, b.w, b.h) for b in boxes])
+        c = box_class(ann["bbox"], gt, [b.label for b in boxes]) - 1
+        ann["category_id"] = permutation[c] + 1
+        annotations.append(ann)
+        voted[str(permutation[c] + 1)] = dataset.class_names[c]
+    categories = [{"id": i + 1, "name": f"cluster_{i:02d}"} for i in range(6)]
+    pseudo_gt = tmp_path / "permuted.json"
+    pseudo_gt.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
+    cli("evaluate", "cluster", "--pseudo-gt", pseudo_gt, *dataset_args(demo),
+        "--matching", "objects", "--out", tmp_path / "cluster.json")  # fmt: skip
+    report = read(tmp_path / "cluster.json")
+    matching = report["semantic"]["matching"]
+    assert matching["0"] == "background"
+    assert {label: matching[label] for label in voted} == voted
+    assert report["summary"]["cluster accuracy"] == 1.0
+    assert report["matching"] == "objects"

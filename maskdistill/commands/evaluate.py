@@ -3,9 +3,10 @@
 Subcommands:
   ``discovery``: CorLoc of the discover shards' mask boxes.
   ``cluster``: semantic mIoU of the stage-2 label maps (each image's mask painted with its
-  category id = 1 + cluster index, background 0) with Hungarian / majority matching, and the
-  object-level cluster accuracy, NMI and ARI (a mask's class = class of the GT box with the
-  highest IoU with the mask's box).
+  category id = 1 + cluster index, background 0), labels matched to classes by Hungarian /
+  majority vote on pixels (default) or, as the reference does, through the object-level
+  matching (``--matching objects``); and the object-level cluster accuracy, NMI and ARI (a
+  mask's class = class of the GT box with the highest IoU with the mask's box).
   ``table``: render metrics JSONs as one Markdown file.
 
 Only the images of ``--splits`` (the evaluation split) are scored; predictions are joined with
@@ -29,13 +30,14 @@ from maskdistill.commands.dataset_args import (
     dataset_spec,
     open_dataset_from_args,
 )
-from maskdistill.data import Dataset, ImageRecord
+from maskdistill.data import Dataset, ImageRecord, open_dataset
 from maskdistill.io import atomic_path, read_json, write_json
 from maskdistill.metrics import (
     box_class,
     cluster_scores,
     confusion_matrix,
     corloc_hit,
+    match_labels,
     metrics_markdown,
     semantic_scores,
 )
@@ -51,6 +53,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     discovery.add_argument("--shards", nargs="+", required=True, help="discover shards")
     cluster = sub.add_parser("cluster", help="mIoU, cluster accuracy, NMI, ARI of stage 2")
     cluster.add_argument("--pseudo-gt", required=True, help="stage-2 COCO JSON (cluster)")
+    cluster.add_argument(
+        "--matching",
+        choices=("pixels", "objects"),
+        default="pixels",
+        help="mIoU label matching: pixels (Hungarian / majority vote on the pixel confusion "
+        "matrix) or objects (the reference's: each cluster takes the class the object-level "
+        "cluster accuracy matches it to)",
+    )
+    cluster.add_argument(
+        "--matching-splits",
+        nargs="+",
+        default=None,
+        help="voc: splits whose boxes decide --matching objects (default: --splits; the "
+        "reference uses its learning split, trainval)",
+    )
     for command in (discovery, cluster):
         add_dataset_arguments(command)
         command.add_argument("--out", required=True, help="metrics JSON to write")
@@ -175,6 +192,26 @@ def _object_pairs(
     return clusters, classes
 
 
+def _object_label_mapping(
+    args: argparse.Namespace, annotations: dict[str, dict], num_clusters: int
+) -> np.ndarray:
+    """Class of every label (0 background, k + 1 cluster k) from the object-level matching.
+
+    The images of ``--matching-splits`` (default ``--splits``) vote: each annotated image's
+    cluster against the class of its best-overlapping ground-truth box; Hungarian when
+    K' <= C, majority vote when K' > C (as the reference's clustering script).
+    """
+    splits = args.matching_splits or args.splits
+    dataset = open_dataset(dataset_spec(args), splits)
+    clusters, classes = _object_pairs(dataset, dataset.records(), annotations)
+    if not clusters:
+        raise ValueError(f"{args.pseudo_gt}: no annotated image of splits {splits} has a box")
+    counts = confusion_matrix(
+        np.array(classes), np.array(clusters), len(dataset.class_names), num_clusters
+    )
+    return np.concatenate([[0], match_labels(counts) + 1])
+
+
 def evaluate_cluster(args: argparse.Namespace) -> None:
     """Semantic mIoU of the painted stage-2 masks and object-level cluster scores."""
     dataset, records = _eval_dataset(args)
@@ -192,7 +229,10 @@ def evaluate_cluster(args: argparse.Namespace) -> None:
         confusion += confusion_matrix(gt, pred, len(names), num_clusters + 1)
         with_labels += 1
     report = _report(args, "stage 2: cluster", records)
-    semantic = semantic_scores(confusion, names) if with_labels else None
+    mapping = None
+    if args.matching == "objects":
+        mapping = _object_label_mapping(args, annotations, num_clusters)
+    semantic = semantic_scores(confusion, names, mapping) if with_labels else None
     clusters, classes = _object_pairs(dataset, records, annotations)
     objects = (
         cluster_scores(np.array(clusters), np.array(classes), num_clusters, dataset.class_names)
@@ -208,6 +248,8 @@ def evaluate_cluster(args: argparse.Namespace) -> None:
     report.update(
         per_class_iou=semantic["per_class_iou"] if semantic else {},
         num_clusters=num_clusters,
+        matching=args.matching,
+        matching_splits=args.matching_splits or args.splits,
         num_with_semantic_labels=with_labels,
         num_unannotated=sum(r.file_name not in annotations for r in records),
         semantic=semantic,
