@@ -9,11 +9,19 @@ configfile: "config.yaml"
 
 
 include: "rules/common.smk"
+
+
 include: "rules/demo_data.smk"
 include: "rules/discover.smk"
 include: "rules/cluster.smk"
 include: "rules/evaluate.smk"
 include: "rules/pretrain.smk"
+
+
+# cheap steps run where Snakemake runs, never as cluster jobs
+localrules:
+    all,
+    evaluate_table,
 
 
 rule all:

@@ -21,11 +21,13 @@ rule cluster:
         BENCHMARKS / "cluster.tsv"
     conda:
         "../envs/maskdistill.yaml"
-    threads: CLUSTER["threads"]
+    threads: RESOURCES["cluster"]["threads"]
     resources:
-        mem_mb=CLUSTER["mem_mb"],
-        runtime=CLUSTER["runtime"],
+        mem_mb=RESOURCES["cluster"]["mem_mb"],
+        runtime=RESOURCES["cluster"]["runtime"],
+        gpu=RESOURCES["cluster"]["gpu"],
     params:
+        code=code_fingerprint("maskdistill.commands.cluster"),
         k=CLUSTER["k"],
         overcluster=CLUSTER["overcluster"],
         kmeans=CLUSTER["kmeans"],

@@ -1,11 +1,14 @@
 # Config validation, paths and input functions shared by every rule.
 # Rules read config only through `params:` and the functions below.
+import functools
 import hashlib
 import json
 import shlex
 from pathlib import Path
 
 from snakemake.utils import validate
+
+from maskdistill.workflow import code_fingerprint
 
 validate(config, "../maskdistill/schemas/config.schema.yaml")
 
@@ -14,6 +17,11 @@ RUN = RESULTS / config["run_name"]
 LOGS = RUN / "logs"
 BENCHMARKS = RUN / "benchmarks"
 DATASET = config["dataset"]
+# job sizes per stage (threads, mem_mb, runtime, gpu): resources only, never params, so that
+# changing them reruns nothing
+RESOURCES = config["resources"]
+# `maskdistill gpu-run` locks one file per card here (workstation GPU pinning)
+GPU_LOCKS = RESULTS / ".gpu-locks"
 
 
 def _inside_results(path):
@@ -29,7 +37,7 @@ if config["demo_data"]["generate"] and not _inside_results(DATASET["root"]):
 
 
 def dataset_ready():
-    """What a rule that reads the dataset waits for: the generated demo tree, or nothing."""
+    """What jobs reading the dataset wait for: the generated demo tree, or nothing."""
     return [DATASET["root"]] if config["demo_data"]["generate"] else []
 
 
@@ -67,7 +75,7 @@ def evaluate_outputs():
 
 
 def final_outputs():
-    """Everything `rule all` asks for: the final output of every stage that exists."""
+    """The inputs of the target `all`: the final output of every stage that exists."""
     return dataset_ready() + discover_shards() + cluster_outputs() + evaluate_outputs()
 
 
@@ -115,7 +123,7 @@ def pretrain_args():
     args = []
     for key in _PRETRAIN_FLAGS:
         if config["pretrain"][key] is not None:
-            args += ["--" + key.replace("_", "-"), str(config["pretrain"][key])]
+            args += [f"--{key.replace('_', '-')}", str(config["pretrain"][key])]
     return shlex.join(args)
 
 
@@ -127,3 +135,68 @@ def settings_key(*sections):
     """
     text = json.dumps([config.get(s) for s in sections], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# Stage 1, discover: content-addressed shard folder and input functions.
+DISCOVER = config["discover"]
+# with the pretrain stage enabled its settings decide the backbone, so they are part of the key
+_DISCOVER_KEY_SECTIONS = ["dataset", "discover"] + (
+    ["pretrain"] if config["pretrain"]["enabled"] else []
+)
+DISCOVER_DIR = RESULTS / "cache" / "discover" / settings_key(*_DISCOVER_KEY_SECTIONS)
+
+
+def discover_shards():
+    """Every shard the configured discover settings produce."""
+    return expand(
+        str(DISCOVER_DIR / "shard-{shard}-of-{num_shards}.h5"),
+        shard=range(DISCOVER["num_shards"]),
+        num_shards=DISCOVER["num_shards"],
+    )
+
+
+def _backbone_files():
+    """Backbone specs that name checkpoint files (as maskdistill.vit tells them from timm names)."""
+    specs = {discover_backbone(), DISCOVER["feature_backbone"]} - {"same"}
+    suffixes = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
+    return sorted(
+        s
+        for s in specs
+        if not s.startswith(("random:", "hf-hub:"))
+        and (s.endswith(suffixes) or "/" in s)
+    )
+
+
+def _dataset_args(splits=None):
+    """The dataset part of a command line (default: the learning splits), quoted."""
+    splits = DATASET["learn_splits"] if splits is None else splits
+    args = ["--dataset-kind", DATASET["kind"], "--images", DATASET["root"]]
+    args += ["--imagesets", DATASET["imagesets"], "--splits", *splits]
+    for flag, key in (("--annotations", "annotations"), ("--image-list", "image_list")):
+        if DATASET[key] is not None:
+            args += [flag, DATASET[key]]
+    return shlex.join(args)
+
+
+@functools.cache
+def _folder_images():
+    """The image files of a folder dataset (relative paths), listed once per parse."""
+    from maskdistill.data.folder import list_images
+
+    return list_images(Path(DATASET["root"]))
+
+
+def discover_images(wildcards):
+    """A folder dataset's images of one shard, so that adding images reruns only their shards.
+
+    Other dataset kinds read their image lists inside the job (dataset_ready() covers the demo).
+    """
+    if DATASET["kind"] != "folder":
+        return []
+    from maskdistill.runner import shard_of
+
+    num_shards, shard = int(wildcards.num_shards), int(wildcards.shard)
+    root = Path(DATASET["root"])
+    return [
+        root / name for name in _folder_images() if shard_of(name, num_shards) == shard
+    ]

@@ -10,11 +10,12 @@ rule make_demo_data:
         BENCHMARKS / "make_demo_data.tsv"
     conda:
         "../envs/maskdistill.yaml"
-    threads: 1
+    threads: RESOURCES["make_demo_data"]["threads"]
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=RESOURCES["make_demo_data"]["mem_mb"],
+        runtime=RESOURCES["make_demo_data"]["runtime"],
     params:
+        code=code_fingerprint("maskdistill.commands.demo_data"),
         seed=config["demo_data"]["seed"],
         num_train=config["demo_data"]["num_train"],
         num_val=config["demo_data"]["num_val"],

@@ -1,51 +1,10 @@
 # Stage 1, discover: one object mask (+ box, clustering feature, attention map) per image,
 # one HDF5 shard per job. Shards are content addressed: runs whose dataset and discover
 # settings are equal share them (RESULTS/cache/discover/<key>/).
-import shlex
-
-DISCOVER = config["discover"]
-# with the pretrain stage enabled its settings decide the backbone, so they are part of the key
-_DISCOVER_KEY_SECTIONS = ["dataset", "discover"] + (
-    ["pretrain"] if config["pretrain"]["enabled"] else []
-)
-DISCOVER_DIR = RESULTS / "cache" / "discover" / settings_key(*_DISCOVER_KEY_SECTIONS)
-
-
-def discover_shards():
-    """Every shard the configured discover settings produce."""
-    return expand(
-        str(DISCOVER_DIR / "shard-{shard}-of-{num_shards}.h5"),
-        shard=range(DISCOVER["num_shards"]),
-        num_shards=DISCOVER["num_shards"],
-    )
-
-
-def _backbone_files():
-    """Backbone specs that name checkpoint files (as maskdistill.vit tells them from timm names)."""
-    specs = {discover_backbone(), DISCOVER["feature_backbone"]} - {"same"}
-    suffixes = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
-    return sorted(
-        s
-        for s in specs
-        if not s.startswith(("random:", "hf-hub:"))
-        and (s.endswith(suffixes) or "/" in s)
-    )
-
-
-def _dataset_args(splits=None):
-    """The dataset part of a command line (default: the learning splits), quoted."""
-    splits = DATASET["learn_splits"] if splits is None else splits
-    args = ["--dataset-kind", DATASET["kind"], "--images", DATASET["root"]]
-    args += ["--imagesets", DATASET["imagesets"], "--splits", *splits]
-    for flag, key in (("--annotations", "annotations"), ("--image-list", "image_list")):
-        if DATASET[key] is not None:
-            args += [flag, DATASET[key]]
-    return shlex.join(args)
-
-
 rule discover:
     input:
         dataset=dataset_ready(),
+        images=discover_images,
         backbones=_backbone_files(),
     output:
         shard=DISCOVER_DIR / "shard-{shard}-of-{num_shards}.h5",
@@ -58,12 +17,14 @@ rule discover:
         num_shards=r"\d+",
     conda:
         "../envs/maskdistill.yaml"
-    threads: DISCOVER["threads"]
+    threads: RESOURCES["discover"]["threads"]
     resources:
-        mem_mb=DISCOVER["mem_mb"],
-        runtime=DISCOVER["runtime"],
-        gpu=DISCOVER["gpu"],
+        mem_mb=RESOURCES["discover"]["mem_mb"],
+        runtime=RESOURCES["discover"]["runtime"],
+        gpu=RESOURCES["discover"]["gpu"],
     params:
+        code=code_fingerprint("maskdistill.commands.discover"),
+        gpu_locks=GPU_LOCKS,
         dataset=_dataset_args(),
         backbone=discover_backbone(),
         num_heads=(
@@ -84,7 +45,8 @@ rule discover:
         device=DISCOVER["device"],
         on_bad_image=config["on_bad_image"],
     shell:
-        "maskdistill discover {params.dataset} --out {output.shard:q}"
+        "maskdistill gpu-run --gpus {resources.gpu} --lock-dir {params.gpu_locks:q} --"
+        " maskdistill discover {params.dataset} --out {output.shard:q}"
         " --shard {wildcards.shard} --num-shards {wildcards.num_shards}"
         " --backbone {params.backbone:q} {params.num_heads}"
         " --feature-backbone {params.feature_backbone:q} --feature {params.feature}"

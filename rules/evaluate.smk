@@ -1,6 +1,5 @@
 # Metrics against the ground truth of dataset.eval_split: stage-1 CorLoc, stage-2 mIoU, cluster
 # accuracy, NMI, ARI, and one Markdown table. Only when the dataset has ground truth.
-EVALUATE = config["evaluate"]
 EVALUATE_DIR = RUN / "evaluate"
 
 
@@ -20,11 +19,13 @@ rule evaluate_discovery:
         BENCHMARKS / "evaluate_discovery.tsv"
     conda:
         "../envs/maskdistill.yaml"
-    threads: 1
+    threads: RESOURCES["evaluate"]["threads"]
     resources:
-        mem_mb=EVALUATE["mem_mb"],
-        runtime=EVALUATE["runtime"],
+        mem_mb=RESOURCES["evaluate"]["mem_mb"],
+        runtime=RESOURCES["evaluate"]["runtime"],
+        gpu=RESOURCES["evaluate"]["gpu"],
     params:
+        code=code_fingerprint("maskdistill.commands.evaluate"),
         dataset=_dataset_args([DATASET["eval_split"]]),
     shell:
         "maskdistill evaluate discovery --shards {input.shards:q} {params.dataset}"
@@ -47,11 +48,13 @@ rule evaluate_cluster:
         BENCHMARKS / "evaluate_cluster.tsv"
     conda:
         "../envs/maskdistill.yaml"
-    threads: 1
+    threads: RESOURCES["evaluate"]["threads"]
     resources:
-        mem_mb=EVALUATE["mem_mb"],
-        runtime=EVALUATE["runtime"],
+        mem_mb=RESOURCES["evaluate"]["mem_mb"],
+        runtime=RESOURCES["evaluate"]["runtime"],
+        gpu=RESOURCES["evaluate"]["gpu"],
     params:
+        code=code_fingerprint("maskdistill.commands.evaluate"),
         dataset=_dataset_args([DATASET["eval_split"]]),
     shell:
         "maskdistill evaluate cluster --pseudo-gt {input.pseudo_gt:q} {params.dataset}"
@@ -77,5 +80,7 @@ rule evaluate_table:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        code=code_fingerprint("maskdistill.commands.evaluate"),
     shell:
         "maskdistill evaluate table --reports {input.reports:q} --out {output:q} 2> {log:q}"

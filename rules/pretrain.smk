@@ -17,19 +17,22 @@ rule pretrain:
         BENCHMARKS / "pretrain.tsv"
     conda:
         "../envs/maskdistill.yaml"
-    threads: PRETRAIN["threads"]
+    threads: RESOURCES["pretrain"]["threads"]
     resources:
-        mem_mb=PRETRAIN["mem_mb"],
-        runtime=PRETRAIN["runtime"],
-        gpu=PRETRAIN["gpu"],
+        mem_mb=RESOURCES["pretrain"]["mem_mb"],
+        runtime=RESOURCES["pretrain"]["runtime"],
+        gpu=RESOURCES["pretrain"]["gpu"],
     params:
+        code=code_fingerprint("maskdistill.commands.pretrain"),
+        gpu_locks=GPU_LOCKS,
         dataset=_dataset_args(),
         settings=pretrain_args(),
         checkpoint=PRETRAIN_RESUME / "checkpoint.pth",
         metrics=PRETRAIN_RESUME / "metrics.jsonl",
         on_bad_image=config["on_bad_image"],
     shell:
-        "maskdistill pretrain {params.dataset} {params.settings}"
+        "maskdistill gpu-run --gpus {resources.gpu} --lock-dir {params.gpu_locks:q} --"
+        " maskdistill pretrain {params.dataset} {params.settings}"
         " --out {output.backbone:q} --checkpoint {params.checkpoint:q}"
         " --metrics {params.metrics:q} --threads {threads}"
         " --on-bad-image {params.on_bad_image} 2> {log:q}"

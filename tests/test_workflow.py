@@ -1,0 +1,190 @@
+"""Rerun semantics, caching, lint and report of the real workflow (real `snakemake` runs).
+
+One tiny demo run (tests/configs/tiny.yaml) is made once per module inside a temporary copy of
+the workflow; every test then asks `snakemake --dry-run` (and `--summary`, `--list-changes`)
+what a change would rerun, and compares the EXACT set of jobs with the known answer.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from workflow_helpers import (
+    make_workspace,
+    parse_jobs,
+    planned_jobs,
+    rules_of,
+    snakemake,
+    tiny_config,
+    write_config,
+)
+
+# what runs downstream of each stage in the tiny demo (VOC layout with ground truth)
+AFTER_CLUSTER = Counter({"evaluate_cluster": 1, "evaluate_table": 1})
+AFTER_DISCOVER = Counter({"cluster": 1, "evaluate_discovery": 1}) + AFTER_CLUSTER
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    """A workspace where the tiny demo has run to completion."""
+    workspace = make_workspace(tmp_path_factory.mktemp("demo"), tiny_config())
+    snakemake(workspace, "--cores", "2")
+    return workspace
+
+
+def variant(workspace: Path, name: str, **sections) -> list[str]:
+    """``--configfile`` arguments for the tiny config with ``sections`` changed."""
+    path = workspace / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(**sections), sort_keys=False))
+    return ["--configfile", str(path)]
+
+
+def summary(workspace: Path, *args: str) -> dict[str, tuple[str, str]]:
+    """``snakemake --summary``: output file -> (rule, plan)."""
+    text = snakemake(workspace, "--summary", *args).stdout
+    rows = [line.split("\t") for line in text.splitlines()[1:] if line.count("\t") >= 5]
+    return {row[0]: (row[2], row[5]) for row in rows}
+
+
+def shards_of(jobs_text: str) -> list[str]:
+    """Discover shard paths mentioned in snakemake's output."""
+    return sorted({w for w in jobs_text.replace(",", " ").split() if w.endswith(".h5")})
+
+
+def test_a_finished_run_has_nothing_to_do(demo):
+    table = summary(demo)
+    assert table and all(plan == "no update" for _, plan in table.values()), table
+    assert {rule for rule, _ in table.values()} == {
+        "make_demo_data",
+        "discover",
+        "cluster",
+        "evaluate_discovery",
+        "evaluate_cluster",
+        "evaluate_table",
+    }
+    assert (demo / "results/tiny/evaluate/metrics.md").is_file()
+
+
+def test_a_cluster_setting_reruns_cluster_and_downstream_only(demo):
+    jobs = planned_jobs(demo, *variant(demo, "k3", cluster={"k": 3}))
+    assert rules_of(jobs) == Counter({"cluster": 1}) + AFTER_CLUSTER
+
+
+def test_a_discover_setting_reruns_discover_and_downstream_only(demo):
+    jobs = planned_jobs(demo, *variant(demo, "topk", discover={"topk": 0.3}))
+    assert rules_of(jobs) == Counter({"discover": 2}) + AFTER_DISCOVER
+    assert set(jobs) >= {("discover", f"shard={i}, num_shards=2") for i in (0, 1)}
+
+
+def test_resources_never_trigger_a_rerun(demo):
+    args = variant(demo, "bigger", resources={"discover": {"mem_mb": 1500, "threads": 2}})
+    assert planned_jobs(demo, *args) == Counter()
+
+
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [
+        ("maskdistill/cluster.py", Counter({"cluster": 1}) + AFTER_CLUSTER),
+        ("maskdistill/discover.py", Counter({"discover": 2}) + AFTER_DISCOVER),
+        ("maskdistill/gpu.py", Counter()),  # imported by no stage's command
+    ],
+)
+def test_editing_a_stage_module_reruns_that_stage_and_downstream(demo, module, expected):
+    path = demo / module
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n# an edit\n")
+        jobs = planned_jobs(demo)
+    finally:
+        path.write_text(original)
+    assert rules_of(jobs) == expected
+
+
+def test_a_second_experiment_reuses_the_discover_shards(demo):
+    args = variant(demo, "exp2", run_name="exp2", cluster={"k": 3})
+    result = snakemake(demo, "--dry-run", "--cores", "1", *args)
+    jobs = parse_jobs(result.stdout)
+    del jobs[("all", "")]
+    assert rules_of(jobs) == AFTER_DISCOVER  # every exp2 stage but discover (and no demo data)
+    first_shards = sorted(
+        str(p.relative_to(demo)) for p in demo.glob("results/cache/discover/*/*.h5")
+    )
+    assert len(first_shards) == 2
+    assert shards_of(result.stdout) == first_shards
+    assert "results/exp2/cluster/pseudo_gt.json" in result.stdout
+
+
+def test_lint_passes(demo):
+    result = snakemake(demo, "--lint", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_report_is_html_with_the_metrics(demo):
+    snakemake(demo, "--report", "results/report.html")
+    html = (demo / "results/report.html").read_text()
+    assert html.lstrip().lower().startswith("<!doctype html")
+    assert "metrics.md" in html
+
+
+# ---------------------------------------------------------------- folder dataset, shard reruns
+
+NUM_SHARDS = 3
+
+
+def _write_image(path: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(path)
+
+
+def _shard(name: str) -> int:
+    """The discover shard of an image (maskdistill.runner.shard_of), computed independently."""
+    return zlib.crc32(name.encode()) % NUM_SHARDS
+
+
+def _names_for_shards(prefix: str, per_shard: int) -> list[str]:
+    """File names, ``per_shard`` in each shard (shard = crc32(file name) % NUM_SHARDS)."""
+    names, counts, i = [], Counter(), 0
+    while min(counts[s] for s in range(NUM_SHARDS)) < per_shard:
+        name = f"{prefix}{i:03d}.png"
+        shard = _shard(name)
+        if counts[shard] < per_shard:
+            names.append(name)
+            counts[shard] += 1
+        i += 1
+    return names
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """A workspace where an unlabeled image folder went through discover and cluster."""
+    workspace = make_workspace(tmp_path_factory.mktemp("folder"), {})
+    images = workspace / "images"
+    images.mkdir()
+    for seed, name in enumerate(_names_for_shards("img", per_shard=2)):
+        _write_image(images / name, seed)
+    config = tiny_config(
+        run_name="folder",
+        demo_data={"generate": False},
+        dataset={"kind": "folder", "root": "images", "eval_split": None},
+        discover={"num_shards": NUM_SHARDS},
+    )
+    write_config(workspace, config)
+    snakemake(workspace, "--cores", "2")
+    return workspace
+
+
+def test_adding_images_reruns_only_the_shards_they_land_in(folder):
+    new = next(n for n in _names_for_shards("new", per_shard=1) if _shard(n) == 1)
+    _write_image(folder / "images" / new, 99)
+    jobs = planned_jobs(folder)
+    assert jobs == Counter(
+        {("discover", f"shard=1, num_shards={NUM_SHARDS}"): 1, ("cluster", ""): 1}
+    )
+    changed = snakemake(folder, "--list-changes", "input").stdout.split()
+    assert [Path(p).name for p in changed] == [f"shard-1-of-{NUM_SHARDS}.h5"]
