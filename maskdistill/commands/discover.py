@@ -72,7 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--batch-size", type=int, default=8)
     run.add_argument("--workers", type=int, default=2, help="image-decoding processes")
     run.add_argument("--device", choices=runner.DEVICES, default="auto")
-    run.add_argument("--precision", choices=tuple(runner.PRECISIONS), default="fp32")
+    run.add_argument(
+        "--precision",
+        choices=tuple(runner.PRECISIONS),
+        default="fp32",
+        help="fp16/bf16: autocast the ViTs (faster on GPU; masks may differ from fp32)",
+    )
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     run.add_argument("--on-bad-image", choices=ON_BAD_IMAGE, default="error")
     run.add_argument("--no-progress", dest="progress", action="store_false")
