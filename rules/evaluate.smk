@@ -1,5 +1,8 @@
 # Metrics against the ground truth of dataset.eval_split: stage-1 CorLoc, stage-2 mIoU, cluster
 # accuracy, NMI, ARI, and one Markdown table. Only when the dataset has ground truth.
+import shlex
+
+EVALUATE = config["evaluate"]
 EVALUATE_DIR = RUN / "evaluate"
 
 
@@ -56,9 +59,18 @@ rule evaluate_cluster:
     params:
         code=code_fingerprint("maskdistill.commands.evaluate"),
         dataset=_dataset_args([DATASET["eval_split"]]),
+        # objects: the clusters are named by the object-level matching over the learning images
+        matching=shlex.join(
+            [
+                "--matching",
+                EVALUATE["matching"],
+                "--matching-splits",
+                *DATASET["learn_splits"],
+            ]
+        ),
     shell:
         "maskdistill evaluate cluster --pseudo-gt {input.pseudo_gt:q} {params.dataset}"
-        " --out {output:q} 2> {log:q}"
+        " {params.matching} --out {output:q} 2> {log:q}"
 
 
 rule evaluate_table:
