@@ -43,7 +43,8 @@ class ShardWriter:
     """Append records to a new shard; the file appears at ``path`` only when closed cleanly.
 
     Use as a context manager: an exception inside the block leaves no file behind. Memory is
-    bounded by one record: rows are appended to resizable, chunked datasets.
+    bounded by one record: rows are appended to resizable, chunked datasets. ``attrs`` is stored
+    at the clean close, so values filled in while writing (e.g. the skipped images) are kept.
     """
 
     def __init__(self, path: str | os.PathLike, attrs: dict[str, Any]):
@@ -59,10 +60,6 @@ class ShardWriter:
         self._file = h5py.File(tmp, "w")
         self._file.attrs["format"] = FORMAT
         self._file.attrs["format_version"] = FORMAT_VERSION
-        for key, value in self.attrs.items():
-            if key in _NATIVE_ATTRS:
-                raise ValueError(f"shard attribute {key!r} is reserved")
-            self._file.attrs[key] = json.dumps(value)
         for name, (dtype, shape) in _ROW_FIELDS.items():
             self._file.create_dataset(
                 name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype, chunks=True
@@ -120,6 +117,10 @@ class ShardWriter:
         if "feature" not in self._file:  # no image: keep the schema readable
             self._file.create_dataset("feature", shape=(0, 0), dtype=np.float32)
         self._file.attrs["num_images"] = self.count
+        for key, value in self.attrs.items():
+            if key in _NATIVE_ATTRS:
+                raise ValueError(f"shard attribute {key!r} is reserved")
+            self._file.attrs[key] = json.dumps(value)
         self._file.close()
         self._atomic.__exit__(exc_type, exc, tb)
 
@@ -129,7 +130,8 @@ def write_shard(
 ) -> int:
     """Write ``records`` to a new shard at ``path`` atomically; return the number written.
 
-    ``attrs`` values must be JSON-serialisable (settings, backbone names, skipped files, ...).
+    ``attrs`` values must be JSON-serialisable (settings, backbone names, skipped files, ...); they
+    are stored after the last record, so a list that the ``records`` iterator fills is complete.
     """
     with ShardWriter(path, attrs) as writer:
         for record in records:

@@ -126,3 +126,14 @@ def test_mask_box():
     assert mask_box(mask) == (0, 0, 0, 0)
     mask[1:3, 2:5] = True
     assert mask_box(mask) == (2, 1, 3, 2)
+
+
+def test_attrs_filled_while_writing_are_stored(tmp_path):
+    skipped: list[tuple[str, str]] = []
+
+    def records():
+        yield make_record(0)
+        skipped.append(("bad.jpg", "truncated"))
+
+    write_shard(tmp_path / "s.h5", records(), {"skipped": skipped})
+    assert read_shard_attrs(tmp_path / "s.h5")["skipped"] == [["bad.jpg", "truncated"]]

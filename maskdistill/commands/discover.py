@@ -10,13 +10,8 @@ listed in its attributes and in ``<out>.skipped.tsv``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-from collections.abc import Iterable
-from typing import Any
 
-import h5py
 import torch
 
 from maskdistill import runner
@@ -26,7 +21,6 @@ from maskdistill.commands.dataset_args import (
     open_dataset_from_args,
 )
 from maskdistill.images import ON_BAD_IMAGE, write_skipped
-from maskdistill.io import atomic_path
 from maskdistill.provenance import provenance
 from maskdistill.shards import write_shard
 
@@ -107,24 +101,6 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--shard {args.shard}: expected 0 <= shard < {args.num_shards}")
 
 
-def write_discover_shard(
-    path: str | os.PathLike,
-    records: Iterable[dict[str, Any]],
-    attrs: dict[str, Any],
-    skipped: list[tuple[str, str]],
-) -> int:
-    """Write a shard atomically, with the ``skipped`` list known only once ``records`` is done.
-
-    ``skipped`` is filled while ``records`` is consumed, after the writer has stored ``attrs``,
-    so it is added to the complete file before the rename. Returns the number of records.
-    """
-    with atomic_path(path) as tmp:
-        count = write_shard(tmp, records, attrs)
-        with h5py.File(tmp, "r+") as f:
-            f.attrs["skipped"] = json.dumps([list(row) for row in skipped])
-    return count
-
-
 def run(args: argparse.Namespace) -> None:
     settings = _settings(args)
     _check(args)
@@ -185,8 +161,9 @@ def run(args: argparse.Namespace) -> None:
         "shard": args.shard,
         "num_shards": args.num_shards,
         "provenance": provenance(),
+        "skipped": skipped,  # filled while the stream is written; stored at the close
     }
-    write_discover_shard(args.out, counted(stream), attrs, skipped)
+    write_shard(args.out, counted(stream), attrs)
     write_skipped(f"{args.out}.skipped.tsv", skipped)
     log.info(
         "wrote %s: %d images, %d empty masks, %d skipped",
