@@ -87,7 +87,11 @@ def read_features(paths: Sequence[str]) -> dict[str, np.ndarray]:
 
 
 def write_pseudo_gt(
-    path: str, shards: Sequence[str], labels: dict[str, int], info: dict[str, Any], k: int
+    path: str,
+    shards: Sequence[str],
+    labels: dict[str, int],
+    info: dict[str, Any],
+    num_clusters: int,
 ) -> list[str]:
     """Stream the target shards into a COCO instances JSON; return masks found empty.
 
@@ -125,7 +129,7 @@ def write_pseudo_gt(
         "info": info,
         "images": images,
         "annotations": annotations,
-        "categories": coco_categories(k),
+        "categories": coco_categories(num_clusters),
     }
     write_json(path, coco)
     return empty
@@ -193,4 +197,4 @@ def run(args: argparse.Namespace) -> None:
     }
     empty = write_pseudo_gt(args.out, args.shards, labels, info, result.num_clusters)
     write_json(args.stats, cluster_stats(args, result, table, empty))
-    log.info("wrote %s (%d images, %d empty) and %s", args.out, len(labels), len(empty), args.stats)
+    log.info("wrote %s (%d images, %d empty) and %s", args.out, len(keep), len(empty), args.stats)

@@ -86,9 +86,8 @@ def run(args: argparse.Namespace) -> None:
 def _gt_boxes(dataset: Dataset, record: ImageRecord) -> tuple[np.ndarray, list[int]]:
     """Ground-truth boxes (M, 4) as (x, y, w, h) and their class labels 1..C."""
     boxes = dataset.boxes(record)
-    return np.array([(b.x, b.y, b.w, b.h) for b in boxes], float).reshape(-1, 4), [
-        b.label for b in boxes
-    ]
+    coords = np.array([(b.x, b.y, b.w, b.h) for b in boxes], dtype=float).reshape(-1, 4)
+    return coords, [b.label for b in boxes]
 
 
 def _report(args: argparse.Namespace, title: str, records: list[ImageRecord]) -> dict[str, Any]:
