@@ -47,7 +47,9 @@ def cluster_outputs():
 
 
 def evaluation_enabled():
-    """Whether the config names an evaluation split of a dataset kind that has ground truth."""
+    """Whether the config names an evaluation split of a dataset that has ground truth."""
+    if DATASET["kind"] == "coco" and DATASET["annotations"] is None:
+        return False
     return DATASET["eval_split"] is not None and DATASET["kind"] != "folder"
 
 
