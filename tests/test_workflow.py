@@ -25,6 +25,8 @@ from workflow_helpers import (
     write_config,
 )
 
+from maskdistill.config import validate_config
+
 # what runs downstream of each stage in the tiny demo (VOC layout with ground truth)
 AFTER_CLUSTER = Counter({"evaluate_cluster": 1, "evaluate_table": 1})
 AFTER_DISCOVER = Counter({"cluster": 1, "evaluate_discovery": 1}) + AFTER_CLUSTER
@@ -188,3 +190,47 @@ def test_adding_images_reruns_only_the_shards_they_land_in(folder):
     )
     changed = snakemake(folder, "--list-changes", "input").stdout.split()
     assert [Path(p).name for p in changed] == [f"shard-1-of-{NUM_SHARDS}.h5"]
+
+
+# ---------------------------------------------------------------- presets for real runs
+
+
+def _fake_tree(root: Path, kind: str) -> dict:
+    """An empty dataset tree of the preset's layout; returns the dataset paths to use."""
+    images = root / kind / ("JPEGImages" if kind == "voc" else "images")
+    images.mkdir(parents=True)
+    for seed, name in enumerate(["a.jpg", "b.jpg"]):
+        _write_image(images / name, seed)
+    if kind == "voc":
+        sets = root / kind / "ImageSets" / "Segmentation"
+        sets.mkdir(parents=True)
+        (sets / "trainaug.txt").write_text("a\n")
+        (sets / "val.txt").write_text("b\n")
+        return {"root": str(root / kind)}
+    if kind == "coco":
+        (root / kind / "instances.json").write_text('{"images": [], "annotations": []}')
+        (root / kind / "list.txt").write_text("a.jpg\nb.jpg\n")
+        return {
+            "root": str(images),
+            "annotations": str(root / kind / "instances.json"),
+            "image_list": str(root / kind / "list.txt"),
+        }
+    return {"root": str(images)}
+
+
+@pytest.mark.parametrize(
+    ("preset", "evaluations"),
+    [("voc12", AFTER_DISCOVER), ("coco20k", AFTER_DISCOVER), ("folder", Counter({"cluster": 1}))],
+)
+def test_presets_are_valid_and_plan_the_full_method(tmp_path, repo, preset, evaluations):
+    config = yaml.safe_load((repo / "configs" / f"{preset}.yaml").read_text())
+    config = validate_config(config)  # the schema, with every default filled in
+    assert config["discover"]["backbone"] == "vit_small_patch16_224.dino"
+    assert (config["discover"]["resize"], config["discover"]["heads"]) == (640, 5)
+    assert (config["discover"]["topk"], config["discover"]["mass"]) == (0.4, 0.5)
+    assert config["cluster"]["seed"] == 1234 and not config["pretrain"]["enabled"]
+    assert config["resources"]["discover"]["gpu"] == 1
+    config["dataset"].update(_fake_tree(tmp_path / "data", config["dataset"]["kind"]))
+    workspace = make_workspace(tmp_path / "workflow", config)
+    jobs = rules_of(planned_jobs(workspace))
+    assert jobs == Counter({"discover": config["discover"]["num_shards"]}) + evaluations
