@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 GPU_COUNT_ENV = "MASKDISTILL_GPUS"
 LOCK_DIR_ENV = "MASKDISTILL_GPU_LOCK_DIR"
@@ -122,7 +125,14 @@ def run_pinned(
     env = dict(os.environ if environ is None else environ)
     total = device_count(env)
     if gpus == 0 or total == 0 or already_pinned(env):
+        log.info(
+            "not pinning: %d GPU(s) asked, %d on this machine, scheduler-pinned: %s",
+            gpus,
+            total,
+            already_pinned(env),
+        )
         return subprocess.run(list(command), env=env, check=False).returncode
     with acquire(gpus, total, lock_dir) as indices:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in indices)
+        log.info("pinned to CUDA_VISIBLE_DEVICES=%s", env["CUDA_VISIBLE_DEVICES"])
         return subprocess.run(list(command), env=env, check=False).returncode

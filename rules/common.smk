@@ -17,10 +17,15 @@ RUN = RESULTS / config["run_name"]
 LOGS = RUN / "logs"
 BENCHMARKS = RUN / "benchmarks"
 DATASET = config["dataset"]
-# job sizes per stage (threads, mem_mb, runtime, gpu): resources only, never params, so that
-# changing them reruns nothing
+# Every stage rule follows one pattern (README "Running the workflow"):
+#   threads: RESOURCES["<stage>"]["threads"]; resources: mem_mb, runtime, gpu from the same entry
+#     (resources only, never params, so that changing them reruns nothing);
+#   params: code=code_fingerprint("maskdistill.commands.<command>") (editing the stage's code
+#     reruns it);
+#   GPU stages prefix their shell command with
+#     "maskdistill gpu-run --gpus {resources.gpu} --lock-dir {params.gpu_locks:q} -- "
+#     and pass gpu_locks=GPU_LOCKS (workstation pinning; a no-op under SLURM).
 RESOURCES = config["resources"]
-# `maskdistill gpu-run` locks one file per card here (workstation GPU pinning)
 GPU_LOCKS = RESULTS / ".gpu-locks"
 
 

@@ -7,6 +7,7 @@ what a change would rerun, and compares the EXACT set of jobs with the known ans
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 from workflow_helpers import (
+    REPO,
     make_workspace,
     parse_jobs,
     planned_jobs,
@@ -34,10 +36,27 @@ AFTER_DISCOVER = Counter({"cluster": 1, "evaluate_discovery": 1}) + AFTER_CLUSTE
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    """A workspace where the tiny demo has run to completion."""
-    workspace = make_workspace(tmp_path_factory.mktemp("demo"), tiny_config())
-    snakemake(workspace, "--cores", "2")
+    """A workspace where the tiny demo has run to completion.
+
+    It runs through profiles/workstation on a fake 2-GPU machine (MASKDISTILL_GPUS=2) with one
+    GPU per discover job, so `maskdistill gpu-run` pins each shard job (the stage itself stays on
+    the CPU: discover.device is cpu).
+    """
+    gpu_job = {"threads": 1, "mem_mb": 1000, "runtime": 10, "gpu": 1}
+    config = tiny_config(resources={"discover": gpu_job})  # merged into the tiny resources
+    workspace = make_workspace(tmp_path_factory.mktemp("demo"), config)
+    profile = ["--profile", str(REPO / "profiles" / "workstation"), "--cores", "2"]
+    snakemake(workspace, *profile, env={"MASKDISTILL_GPUS": "2"})
     return workspace
+
+
+def test_workstation_profile_pins_each_gpu_job_to_a_card(demo):
+    for shard in (0, 1):
+        log = (demo / f"results/tiny/logs/discover/shard-{shard}-of-2.log").read_text()
+        assert re.search(r"pinned to CUDA_VISIBLE_DEVICES=[01]\n", log), log
+    locks = {p.name for p in (demo / "results/.gpu-locks").iterdir()}
+    assert "gpu-0.lock" in locks  # the lowest free card is taken first
+    assert locks <= {"gpu-0.lock", "gpu-1.lock"}  # gpu-1 only when the two jobs overlapped
 
 
 def variant(workspace: Path, name: str, **sections) -> list[str]:
