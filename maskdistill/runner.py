@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import zlib
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -31,7 +30,7 @@ from tqdm import tqdm
 from maskdistill import discover, vit
 from maskdistill.data.base import ImageRecord
 from maskdistill.images import BadImageError, load_or_skip
-from maskdistill.shards import mask_box, upsample_grid_mask
+from maskdistill.shards import mask_box, shard_of, upsample_grid_mask
 
 log = logging.getLogger(__name__)
 
@@ -135,16 +134,6 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
-
-
-def shard_of(file_name: str, num_shards: int) -> int:
-    """The shard an image belongs to: ``crc32(file_name) % num_shards``.
-
-    Stable across runs, machines and Python versions, and independent of the other images:
-    adding images to a dataset never moves an existing image to another shard (it only
-    changes the shards the new images land in). Shards are balanced only on average.
-    """
-    return zlib.crc32(file_name.encode("utf-8")) % num_shards
 
 
 def select_shard(records: Sequence[ImageRecord], shard: int, num_shards: int) -> list[ImageRecord]:

@@ -200,7 +200,7 @@ def discover_images(wildcards):
     """
     if DATASET["kind"] != "folder":
         return []
-    from maskdistill.runner import shard_of
+    from maskdistill.shards import shard_of
 
     num_shards, shard = int(wildcards.num_shards), int(wildcards.shard)
     root = Path(DATASET["root"])

@@ -164,7 +164,7 @@ def _write_image(path: Path, seed: int) -> None:
 
 
 def _shard(name: str) -> int:
-    """The discover shard of an image (maskdistill.runner.shard_of), computed independently."""
+    """The discover shard of an image (maskdistill.shards.shard_of), computed independently."""
     return zlib.crc32(name.encode()) % NUM_SHARDS
 
 
