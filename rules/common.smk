@@ -17,7 +17,7 @@ RUN = RESULTS / config["run_name"]
 LOGS = RUN / "logs"
 BENCHMARKS = RUN / "benchmarks"
 DATASET = config["dataset"]
-# Every stage rule follows one pattern (README "Running the workflow"):
+# The rules of every stage follow one pattern (README "Running the workflow"):
 #   threads: RESOURCES["<stage>"]["threads"]; resources: mem_mb, runtime, gpu from the same entry
 #     (resources only, never params, so that changing them reruns nothing);
 #   params: code=code_fingerprint("maskdistill.commands.<command>") (editing the stage's code
