@@ -7,6 +7,7 @@ what a change would rerun, and compares the EXACT set of jobs with the known ans
 
 from __future__ import annotations
 
+import json
 import re
 import zlib
 from collections import Counter
@@ -201,7 +202,8 @@ def folder(tmp_path_factory) -> Path:
 
 
 def test_adding_images_reruns_only_the_shards_they_land_in(folder):
-    new = next(n for n in _names_for_shards("new", per_shard=1) if _shard(n) == 1)
+    # the new name sorts before the others: every folder image's position (its id) shifts
+    new = next(n for n in _names_for_shards("a", per_shard=1) if _shard(n) == 1)
     _write_image(folder / "images" / new, 99)
     jobs = planned_jobs(folder)
     assert jobs == Counter(
@@ -209,6 +211,12 @@ def test_adding_images_reruns_only_the_shards_they_land_in(folder):
     )
     changed = snakemake(folder, "--list-changes", "input").stdout.split()
     assert [Path(p).name for p in changed] == [f"shard-1-of-{NUM_SHARDS}.h5"]
+    # the partial rerun gives a complete, consistent pseudo ground truth
+    snakemake(folder, "--cores", "2")
+    coco = json.loads((folder / "results/folder/cluster/pseudo_gt.json").read_text())
+    names = sorted(p.name for p in (folder / "images").iterdir())
+    assert sorted(image["file_name"] for image in coco["images"]) == names
+    assert len({image["id"] for image in coco["images"]}) == len(names)
 
 
 # ---------------------------------------------------------------- presets for real runs

@@ -95,19 +95,20 @@ def write_pseudo_gt(
 ) -> list[str]:
     """Stream the target shards into a COCO instances JSON; return masks found empty.
 
-    ``labels`` maps file name -> cluster index of each non-empty mask.
+    ``labels`` maps file name -> cluster index of each non-empty mask. Image ids are numbered
+    0, 1, ... in shard order, not taken from the shards: a shard's ids are positions in the
+    dataset listing when it was written, and after images are added to a folder dataset only the
+    shards they land in are rewritten, so ids from different shards may collide (stages join by
+    file name).
     """
     images, annotations, empty = [], [], []
-    ids: set[int] = set()
     for shard in shards:
         for record in tqdm(read_shard(shard), desc=Path(shard).name, unit="image"):
-            if record["id"] in ids:
-                raise ValueError(f"{shard}: image id {record['id']} repeats")
-            ids.add(record["id"])
+            image_id = len(images)
             height, width = record["image_size"]
             images.append(
                 {
-                    "id": record["id"],
+                    "id": image_id,
                     "file_name": record["file_name"],
                     "height": height,
                     "width": width,
@@ -121,7 +122,7 @@ def write_pseudo_gt(
                 mask_annotation(
                     mask,
                     annotation_id=len(annotations) + 1,
-                    image_id=record["id"],
+                    image_id=image_id,
                     category_id=labels[record["file_name"]] + 1,
                 )
             )
