@@ -9,8 +9,6 @@ configfile: "config.yaml"
 
 
 include: "rules/common.smk"
-
-
 include: "rules/demo_data.smk"
 include: "rules/discover.smk"
 include: "rules/cluster.smk"

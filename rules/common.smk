@@ -193,13 +193,28 @@ def _folder_images():
     return list_images(Path(DATASET["root"]))
 
 
-def discover_images(wildcards):
-    """A folder dataset's images of one shard, so that adding images reruns only their shards.
+def image_lists():
+    """The files that list a VOC or COCO dataset's images (none for folders or the demo)."""
+    if config["demo_data"]["generate"] or DATASET["kind"] == "folder":
+        return []  # the demo's lists lie inside the generated tree, an output
+    if DATASET["kind"] == "voc":
+        sets = Path(DATASET["root"]) / "ImageSets" / DATASET["imagesets"]
+        return [sets / f"{split}.txt" for split in DATASET["learn_splits"]]
+    return [
+        DATASET[key]
+        for key in ("annotations", "image_list")
+        if DATASET[key] is not None
+    ]
 
-    Other dataset kinds read their image lists inside the job (dataset_ready() covers the demo).
+
+def discover_images(wildcards):
+    """What one shard's images depend on, so that changing the data reruns only what it must.
+
+    Folder datasets: the shard's image files (adding images reruns only the shards they land
+    in). VOC and COCO: the image lists (editing them reruns every shard).
     """
     if DATASET["kind"] != "folder":
-        return []
+        return image_lists()
     from maskdistill.shards import shard_of
 
     num_shards, shard = int(wildcards.num_shards), int(wildcards.shard)
