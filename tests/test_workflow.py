@@ -3,6 +3,7 @@
 One tiny demo run (tests/configs/tiny.yaml) is made once per module inside a temporary copy of
 the workflow; every test then asks `snakemake --dry-run` (and `--summary`, `--list-changes`)
 what a change would rerun, and compares the EXACT set of jobs with the known answer.
+(`--list-changes params` is not used: Snakemake 9.27 lists every output there, changed or not.)
 """
 
 from __future__ import annotations
