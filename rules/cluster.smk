@@ -7,7 +7,7 @@ CLUSTER_DIR = RUN / "cluster"
 rule cluster:
     input:
         shards=discover_shards(),
-        support=CLUSTER["support_shards"],
+        support=CLUSTER["support_shards"] + support_shards(),
     output:
         pseudo_gt=CLUSTER_DIR / "pseudo_gt.json",
         stats=report(

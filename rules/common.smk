@@ -144,22 +144,60 @@ def settings_key(*sections):
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-# Stage 1, discover: content-addressed shard folder and input functions.
+# Stage 1, discover: content-addressed shard folders and input functions. Discover runs on the
+# dataset and, when cluster.support_dataset is set, on that support set too (same settings).
 DISCOVER = config["discover"]
-# with the pretrain stage enabled its settings decide the backbone, so they are part of the key
-_DISCOVER_KEY_SECTIONS = ["dataset", "discover"] + (
-    ["pretrain"] if config["pretrain"]["enabled"] else []
-)
-DISCOVER_DIR = RESULTS / "cache" / "discover" / settings_key(*_DISCOVER_KEY_SECTIONS)
+SUPPORT = config["cluster"]["support_dataset"]
 
 
-def discover_shards():
-    """Every shard the configured discover settings produce."""
+def discover_key(dataset):
+    """The content address of `dataset`'s shards: its spec and the result-changing settings.
+
+    With the pretrain stage enabled, its settings (and the dataset it trains on) decide the
+    backbone, so they are part of the key too.
+    """
+    parts = [dataset, DISCOVER]
+    if config["pretrain"]["enabled"]:
+        parts += [DATASET, config["pretrain"]]
+    text = json.dumps(parts, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# content key -> dataset spec, for every dataset discover runs on
+DISCOVER_DATASETS = {discover_key(DATASET): DATASET}
+if SUPPORT is not None:
+    DISCOVER_DATASETS[discover_key(SUPPORT)] = SUPPORT
+
+
+def discover_shards(dataset=DATASET):
+    """Every shard the configured discover settings produce for `dataset`."""
     return expand(
-        str(DISCOVER_DIR / "shard-{shard}-of-{num_shards}.h5"),
+        str(
+            RESULTS
+            / "cache"
+            / "discover"
+            / "{key}"
+            / "shard-{shard}-of-{num_shards}.h5"
+        ),
+        key=discover_key(dataset),
         shard=range(DISCOVER["num_shards"]),
         num_shards=DISCOVER["num_shards"],
     )
+
+
+def support_shards():
+    """The support set's shards (clustered with the target's, not written), or none."""
+    return [] if SUPPORT is None else discover_shards(SUPPORT)
+
+
+def discover_dataset(wildcards):
+    """The dataset spec of a discover job's content key."""
+    return DISCOVER_DATASETS[wildcards.key]
+
+
+def discover_dataset_ready(wildcards):
+    """The generated demo tree when a discover job reads it (the support set never is one)."""
+    return dataset_ready() if discover_dataset(wildcards) is DATASET else []
 
 
 def _backbone_files():
@@ -174,36 +212,42 @@ def _backbone_files():
     )
 
 
-def _dataset_args(splits=None):
+def _dataset_args(splits=None, dataset=DATASET):
     """The dataset part of a command line (default: the learning splits), quoted."""
-    splits = DATASET["learn_splits"] if splits is None else splits
-    args = ["--dataset-kind", DATASET["kind"], "--images", DATASET["root"]]
-    args += ["--imagesets", DATASET["imagesets"], "--splits", *splits]
+    splits = dataset["learn_splits"] if splits is None else splits
+    args = ["--dataset-kind", dataset["kind"], "--images", dataset["root"]]
+    args += ["--imagesets", dataset["imagesets"], "--splits", *splits]
     for flag, key in (("--annotations", "annotations"), ("--image-list", "image_list")):
-        if DATASET[key] is not None:
-            args += [flag, DATASET[key]]
+        if dataset[key] is not None:
+            args += [flag, dataset[key]]
     return shlex.join(args)
 
 
+def discover_dataset_args(wildcards):
+    """The dataset part of a discover job's command line."""
+    return _dataset_args(dataset=discover_dataset(wildcards))
+
+
 @functools.cache
-def _folder_images():
+def _folder_images(root):
     """The image files of a folder dataset (relative paths), listed once per parse."""
     from maskdistill.data.folder import list_images
 
-    return list_images(Path(DATASET["root"]))
+    return list_images(Path(root))
 
 
-def image_lists():
+def image_lists(dataset=DATASET):
     """The files that list a VOC or COCO dataset's images (none for folders or the demo)."""
-    if config["demo_data"]["generate"] or DATASET["kind"] == "folder":
+    generated = dataset is DATASET and config["demo_data"]["generate"]
+    if generated or dataset["kind"] == "folder":
         return []  # the demo's lists lie inside the generated tree, an output
-    if DATASET["kind"] == "voc":
-        sets = Path(DATASET["root"]) / "ImageSets" / DATASET["imagesets"]
-        return [sets / f"{split}.txt" for split in DATASET["learn_splits"]]
+    if dataset["kind"] == "voc":
+        sets = Path(dataset["root"]) / "ImageSets" / dataset["imagesets"]
+        return [sets / f"{split}.txt" for split in dataset["learn_splits"]]
     return [
-        DATASET[key]
+        dataset[key]
         for key in ("annotations", "image_list")
-        if DATASET[key] is not None
+        if dataset[key] is not None
     ]
 
 
@@ -213,12 +257,15 @@ def discover_images(wildcards):
     Folder datasets: the shard's image files (adding images reruns only the shards they land
     in). VOC and COCO: the image lists (editing them reruns every shard).
     """
-    if DATASET["kind"] != "folder":
-        return image_lists()
+    dataset = discover_dataset(wildcards)
+    if dataset["kind"] != "folder":
+        return image_lists(dataset)
     from maskdistill.shards import shard_of
 
     num_shards, shard = int(wildcards.num_shards), int(wildcards.shard)
-    root = Path(DATASET["root"])
+    root = Path(dataset["root"])
     return [
-        root / name for name in _folder_images() if shard_of(name, num_shards) == shard
+        root / name
+        for name in _folder_images(dataset["root"])
+        if shard_of(name, num_shards) == shard
     ]

@@ -44,7 +44,7 @@ def demo(tmp_path_factory) -> Path:
     GPU per discover job, so `maskdistill gpu-run` pins each shard job (the stage itself stays on
     the CPU: discover.device is cpu).
     """
-    gpu_job = {"threads": 1, "mem_mb": 1000, "runtime": 10, "gpu": 1}
+    gpu_job = {"threads": 1, "mem_mb": 1000, "runtime": 10, "gpu": 1, "batch_size": 4, "workers": 0}
     config = tiny_config(resources={"discover": gpu_job})  # merged into the tiny resources
     workspace = make_workspace(tmp_path_factory.mktemp("demo"), config)
     profile = ["--profile", str(REPO / "profiles" / "workstation"), "--cores", "2"]
@@ -54,7 +54,8 @@ def demo(tmp_path_factory) -> Path:
 
 def test_workstation_profile_pins_each_gpu_job_to_a_card(demo):
     for shard in (0, 1):
-        log = (demo / f"results/tiny/logs/discover/shard-{shard}-of-2.log").read_text()
+        (log_path,) = (demo / "results/tiny/logs/discover").glob(f"*/shard-{shard}-of-2.log")
+        log = log_path.read_text()
         assert re.search(r"pinned to CUDA_VISIBLE_DEVICES=[01]\n", log), log
     locks = {p.name for p in (demo / "results/.gpu-locks").iterdir()}
     assert "gpu-0.lock" in locks  # the lowest free card is taken first
@@ -73,6 +74,11 @@ def summary(workspace: Path, *args: str) -> dict[str, tuple[str, str]]:
     text = snakemake(workspace, "--summary", *args).stdout
     rows = [line.split("\t") for line in text.splitlines()[1:] if line.count("\t") >= 5]
     return {row[0]: (row[2], row[5]) for row in rows}
+
+
+def shard_wildcards(wildcards: str) -> str:
+    """A discover job's wildcards without its content key (``key=...``)."""
+    return re.sub(r"^key=[0-9a-f]+, ", "", wildcards)
 
 
 def shards_of(jobs_text: str) -> list[str]:
@@ -102,7 +108,39 @@ def test_a_cluster_setting_reruns_cluster_and_downstream_only(demo):
 def test_a_discover_setting_reruns_discover_and_downstream_only(demo):
     jobs = planned_jobs(demo, *variant(demo, "topk", discover={"topk": 0.3}))
     assert rules_of(jobs) == Counter({"discover": 2}) + AFTER_DISCOVER
-    assert set(jobs) >= {("discover", f"shard={i}, num_shards=2") for i in (0, 1)}
+    assert {shard_wildcards(w) for rule, w in jobs if rule == "discover"} == {
+        f"shard={i}, num_shards=2" for i in (0, 1)
+    }
+
+
+def test_execution_settings_never_trigger_a_rerun(demo):
+    job = {"threads": 1, "mem_mb": 1000, "runtime": 10, "gpu": 1, "batch_size": 2, "workers": 1}
+    args = variant(demo, "faster", resources={"discover": job})
+    assert planned_jobs(demo, *args) == Counter()
+
+
+def test_a_support_set_is_discovered_and_clustered_with_the_target(demo):
+    support = demo / "support images"
+    support.mkdir(exist_ok=True)
+    for seed, name in enumerate(["s0.png", "s1.png", "s2.png"]):
+        _write_image(support / name, 100 + seed)
+    folder = {"kind": "folder", "root": str(support)}
+    result = snakemake(
+        demo,
+        "--dry-run",
+        "--cores",
+        "1",
+        *variant(demo, "support", cluster={"support_dataset": folder}),
+    )
+    jobs = parse_jobs(result.stdout)
+    del jobs[("all", "")]
+    # the target's shards are reused; the support set gets its own (content-addressed) shards
+    assert rules_of(jobs) == Counter({"discover": 2, "cluster": 1}) + AFTER_CLUSTER
+    target_shards = {str(p.relative_to(demo)) for p in demo.glob("results/cache/discover/*/*.h5")}
+    support_shards = set(shards_of(result.stdout)) - target_shards
+    assert len(support_shards) == 2
+    assert len({Path(p).parent for p in support_shards}) == 1
+    assert "support images/s0.png" in result.stdout  # the support set's images are inputs
 
 
 def test_resources_never_trigger_a_rerun(demo):
@@ -206,7 +244,7 @@ def test_adding_images_reruns_only_the_shards_they_land_in(folder):
     # the new name sorts before the others: every folder image's position (its id) shifts
     new = next(n for n in _names_for_shards("a", per_shard=1) if _shard(n) == 1)
     _write_image(folder / "images" / new, 99)
-    jobs = planned_jobs(folder)
+    jobs = Counter({(rule, shard_wildcards(w)): n for (rule, w), n in planned_jobs(folder).items()})
     assert jobs == Counter(
         {("discover", f"shard=1, num_shards={NUM_SHARDS}"): 1, ("cluster", ""): 1}
     )
@@ -259,6 +297,14 @@ def test_presets_are_valid_and_plan_the_full_method(tmp_path, repo, preset, eval
     assert config["cluster"]["seed"] == 1234 and not config["pretrain"]["enabled"]
     assert config["resources"]["discover"]["gpu"] == 1
     config["dataset"].update(_fake_tree(tmp_path / "data", config["dataset"]["kind"]))
+    datasets = 1
+    if config["cluster"]["support_dataset"] is not None:  # voc12: VOC07 trainval, discovered too
+        support = config["cluster"]["support_dataset"]
+        sets = tmp_path / "voc07" / "ImageSets" / support["imagesets"]
+        sets.mkdir(parents=True)
+        (sets / "trainval.txt").write_text("c\n")
+        support["root"] = str(tmp_path / "voc07")
+        datasets = 2
     workspace = make_workspace(tmp_path / "workflow", config)
     jobs = rules_of(planned_jobs(workspace))
-    assert jobs == Counter({"discover": config["discover"]["num_shards"]}) + evaluations
+    assert jobs == Counter({"discover": datasets * config["discover"]["num_shards"]}) + evaluations
