@@ -13,9 +13,10 @@ import argparse
 import os
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
+
+from maskdistill.provenance import machine_description
 
 
 def gaussian_mixture(
@@ -27,16 +28,6 @@ def gaussian_mixture(
     labels = rng.integers(components, size=num)
     features = centres[labels] + rng.normal(scale=0.5, size=(num, dims)).astype(np.float32)
     return features, labels
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else the machine type."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 def main() -> None:
@@ -86,9 +77,7 @@ def main() -> None:
         f"coco: {args.masks} grid masks -> 480 x 640 masks -> annotations: "
         f"{1000 * seconds / args.masks:.2f} ms each"
     )
-    print(
-        f"machine: {cpu_model()}, {os.cpu_count()} cpus visible, python {platform.python_version()}"
-    )
+    print(f"machine: {machine_description()}, python {platform.python_version()}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ recorded in benchmarks/README.md. Run: ``python benchmarks/discover_speed.py --t
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from torchvision import transforms
 
 from maskdistill import runner, vit
 from maskdistill.data import open_dataset
+from maskdistill.provenance import machine_description
 
 BACKBONE = "vit_small_patch16_224"
 SETTINGS = runner.DiscoverSettings(resize=640, heads=5, topk=0.4, mass=0.5)
@@ -145,16 +145,6 @@ def maskdistill_masks(
     return masks
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else the machine type."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=16)
@@ -187,7 +177,8 @@ def main() -> None:
         )
         ref, ref_s = timed(reference_masks, model, paths, device)
     differ = [name for name in ref if not np.array_equal(ref[name], ours[name])]
-    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    cuda = device.type == "cuda"
+    hardware = torch.cuda.get_device_name(device) if cuda else machine_description()
     print(
         f"device {device} ({hardware}), torch {torch.__version__}, {args.threads} threads, "
         f"{args.images} images 500x375/375x500 at {SETTINGS.resize} px, {BACKBONE} (random)"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import platform
 import subprocess
 from pathlib import Path
 
@@ -28,3 +30,18 @@ def git_sha() -> str | None:
 def provenance() -> dict[str, str | None]:
     """Version and git SHA to store next to every output."""
     return {"version": __version__, "git_sha": git_sha()}
+
+
+def machine_description() -> str:
+    """The CPU model (Linux /proc/cpuinfo, else the machine type) and the visible CPU count.
+
+    Benchmarks print it next to their timings.
+    """
+    model = platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {os.cpu_count()} cpus visible"
