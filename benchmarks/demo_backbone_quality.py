@@ -61,25 +61,23 @@ def random_spec(model: torch.nn.Module, seed: int) -> str:
     )
 
 
-def evaluate(model: torch.nn.Module, samples: list, args: argparse.Namespace) -> dict[str, float]:
-    """CorLoc, mean mask IoU and source-on-object rate of ``model`` over ``samples``."""
+def backbone_qk(model: torch.nn.Module, samples: list, resize: int) -> list:
+    """Per sample: (q, k (heads, 1 + N, d), grid (h, w), resized (H', W')) at ``resize``."""
     patch = vit.patch_size(model)
-    hits, ious, on_object = [], [], []
-    for image, gt_masks, gt_boxes in samples:
-        tensor, resized = vit.preprocess(image, args.resize, patch)
+    out = []
+    for image, _, _ in samples:
+        tensor, resized = vit.preprocess(image, resize, patch)
         with torch.no_grad():
             q, k = vit.last_block_qk(model, tensor[None])
-        grid = (tensor.shape[1] // patch, tensor.shape[2] // patch)
-        grid_mask, source = discover.object_mask(
-            q[0],
-            k[0],
-            grid,
-            heads=args.heads,
-            topk=args.topk,
-            mass=args.mass,
-            center_keys=args.center_keys,
-            num_prefix_tokens=vit.num_prefix_tokens(model),
-        )
+        out.append((q[0], k[0], (tensor.shape[1] // patch, tensor.shape[2] // patch), resized))
+    return out
+
+
+def score(samples: list, qk: list, patch: int, settings: dict, prefix: int = 1) -> dict[str, float]:
+    """CorLoc, mean mask IoU and source-on-object rate of ``object_mask(**settings)`` masks."""
+    hits, ious, on_object = [], [], []
+    for (image, gt_masks, gt_boxes), (q, k, grid, resized) in zip(samples, qk, strict=True):
+        grid_mask, source = discover.object_mask(q, k, grid, num_prefix_tokens=prefix, **settings)
         mask = upsample_grid_mask(grid_mask, patch, resized, image.shape[:2])
         hits.append(corloc_hit(mask_box(mask), gt_boxes))
         inter = (gt_masks & mask).sum(axis=(1, 2))
@@ -97,6 +95,18 @@ def evaluate(model: torch.nn.Module, samples: list, args: argparse.Namespace) ->
     }
 
 
+def evaluate(model: torch.nn.Module, samples: list, args: argparse.Namespace) -> dict[str, float]:
+    """CorLoc, mean mask IoU and source-on-object rate of ``model`` over ``samples``."""
+    settings = {
+        "heads": args.heads,
+        "topk": args.topk,
+        "mass": args.mass,
+        "center_keys": args.center_keys,
+    }
+    qk = backbone_qk(model, samples, args.resize)
+    return score(samples, qk, vit.patch_size(model), settings, vit.num_prefix_tokens(model))
+
+
 def centre_box_corloc(samples: list) -> float:
     """CorLoc of the fixed box (W/4, H/4, W/2, H/2)."""
     hits = []
@@ -106,10 +116,10 @@ def centre_box_corloc(samples: list) -> float:
     return float(np.mean(hits))
 
 
-def load_samples(args: argparse.Namespace) -> list:
-    """(image, GT masks (N, H, W) bool, GT boxes (N, 4)) of every image of the split."""
-    dataset = open_dataset({"kind": "voc", "root": args.data}, [args.split])
-    records = dataset.records()[: args.limit]
+def load_samples(data: str, split: str, limit: int | None = None) -> list:
+    """(image, GT masks (N, H, W) bool, GT boxes (N, 4)) of the first ``limit`` split images."""
+    dataset = open_dataset({"kind": "voc", "root": data}, [split])
+    records = dataset.records()[:limit]
     samples = []
     for record in records:
         instances = dataset.instance_masks(record)
@@ -123,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.time()
-    samples = load_samples(args)
+    samples = load_samples(args.data, args.split, args.limit)
     trained = vit.load_backbone(args.backbone)
     results = {
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "threads")},

@@ -319,6 +319,8 @@ def test_workflow_reruns_only_a_missing_shard(repo, images, tmp_path):
     config = yaml.safe_load((repo / "config.yaml").read_text())
     config["demo_data"]["generate"] = False
     config["dataset"] = {"kind": "folder", "root": str(images[0])}
+    # the demo's checkpoint path is relative to the checkout; this run's directory is tmp_path
+    config["discover"]["backbone"] = str(repo / config["discover"]["backbone"])
 
     def scheduled() -> list[str]:
         (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
