@@ -378,15 +378,6 @@ def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, split_code, index]))
 
 
-def tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """(x, y, w, h) of the smallest box holding every True pixel of a (H, W) mask (0-based,
-    exclusive end); (0, 0, 0, 0) for an empty mask."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return 0, 0, 0, 0
-    return int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
-
-
 def boundary_band(instance: np.ndarray) -> np.ndarray:
     """(H, W) bool: pixels whose 3 x 3 neighbourhood holds another instance id (or background).
 

@@ -17,6 +17,7 @@ from maskdistill.cli import main
 from maskdistill.commands.demo_data import voc_palette
 from maskdistill.data import open_dataset
 from maskdistill.metrics import corloc_hit
+from maskdistill.shards import mask_box
 
 COUNTS = {"train": 8, "val": 6}
 
@@ -57,19 +58,14 @@ def centre_box_corloc(seed: int, count: int) -> float:
         scene = demo.render_scene(demo.scene_rng(seed, "val", index))
         height, width = scene.image.shape[:2]
         centre = (width / 4, height / 4, width / 2, height / 2)
-        hits += corloc_hit(centre, [demo.tight_box(m) for m in scene.masks])
+        hits += corloc_hit(centre, [mask_box(m) for m in scene.masks])
     return hits / count
 
 
 # ---------------------------------------------------------------- helpers with known answers
 
 
-def test_tight_box_and_boundary_band_on_hand_made_arrays():
-    mask = np.zeros((5, 6), dtype=bool)
-    mask[1:3, 2:5] = True
-    assert demo.tight_box(mask) == (2, 1, 3, 2)
-    assert demo.tight_box(np.zeros((4, 4), dtype=bool)) == (0, 0, 0, 0)
-
+def test_boundary_band_on_a_hand_made_array():
     instance = np.zeros((4, 4), dtype=np.uint8)
     instance[:, 2:] = 1
     expected = np.zeros((4, 4), dtype=bool)
@@ -226,7 +222,7 @@ def check_image(root: Path, image_id: str, image_info: dict, coco: COCO, names: 
     expected_semantic = np.zeros_like(semantic)
     for index, (obj, ann) in enumerate(zip(objects, anns, strict=True), start=1):
         mask = instance == index
-        x, y, w, h = demo.tight_box(mask)
+        x, y, w, h = mask_box(mask)
         box = [int(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")]
         assert box == [x + 1, y + 1, x + w, y + h]  # 1-based inclusive, tight on the mask
         assert obj.findtext("difficult") == "0"

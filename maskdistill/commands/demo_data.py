@@ -18,9 +18,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from maskdistill.demo import CLASS_NAMES, Scene, boundary_band, render_scene, scene_rng, tight_box
+from maskdistill.demo import CLASS_NAMES, Scene, boundary_band, render_scene, scene_rng
 from maskdistill.io import atomic_path, write_json
 from maskdistill.provenance import provenance
+from maskdistill.shards import mask_box
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def _voc_xml(file_name: str, scene: Scene) -> str:
         ET.SubElement(size, key).text = str(value)
     ET.SubElement(annotation, "segmented").text = "1"
     for mask, label in zip(scene.masks, scene.labels, strict=True):
-        x, y, w, h = tight_box(mask)
+        x, y, w, h = mask_box(mask)
         touches_border = bool(
             mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any()
         )
@@ -166,7 +167,7 @@ def _add_coco_image(coco: dict, image_id: int, file_name: str, scene: Scene) -> 
                 "category_id": int(label),
                 "segmentation": {"size": [height, width], "counts": rle["counts"].decode("ascii")},
                 "area": int(mask.sum()),
-                "bbox": [float(v) for v in tight_box(mask)],
+                "bbox": [float(v) for v in mask_box(mask)],
                 "iscrowd": 0,
             }
         )
