@@ -1,5 +1,5 @@
 # maskdistill: MaskDistill (arXiv:2206.06363) as a Snakemake workflow.
-# Run `snakemake --cores N` (default config: the embedded demo); see README.md.
+# Run `snakemake --cores N` (default config: the embedded demo); see README.md and docs/.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -10,10 +10,10 @@ configfile: "config.yaml"
 
 include: "rules/common.smk"
 include: "rules/demo_data.smk"
+include: "rules/pretrain.smk"
 include: "rules/discover.smk"
 include: "rules/cluster.smk"
 include: "rules/evaluate.smk"
-include: "rules/pretrain.smk"
 
 
 # cheap steps run where Snakemake runs, never as cluster jobs

@@ -1,7 +1,7 @@
 """Stage-1 quality of the demo backbone against a centre box and random backbones (issue 6).
 
 On a split of the demo dataset (``maskdistill make-demo-data``), runs the discover core
-(``vit.last_block_qk`` + ``discover.object_mask``) with the given settings on one image at a
+(``vit.last_block_qk`` + ``object_mask``) with the given settings on one image at a
 time and reports, per backbone:
 
 - CorLoc: fraction of images whose mask box has IoU >= 0.5 with some ground-truth box;
@@ -28,11 +28,12 @@ import time
 import numpy as np
 import torch
 
-from maskdistill import discover, vit
 from maskdistill.data import open_dataset
+from maskdistill.discover.mask import object_mask
 from maskdistill.images import load_image
+from maskdistill.masks import mask_box, upsample_grid_mask
 from maskdistill.metrics import corloc_hit
-from maskdistill.shards import mask_box, upsample_grid_mask
+from maskdistill.models import vit
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,7 +67,7 @@ def backbone_qk(model: torch.nn.Module, samples: list, resize: int) -> list:
     patch = vit.patch_size(model)
     out = []
     for image, _, _ in samples:
-        tensor, resized = vit.preprocess(image, resize, patch)
+        tensor, resized = vit.preprocess(image, resize, patch, vit.normalization(model))
         with torch.no_grad():
             q, k = vit.last_block_qk(model, tensor[None])
         out.append((q[0], k[0], (tensor.shape[1] // patch, tensor.shape[2] // patch), resized))
@@ -77,7 +78,7 @@ def score(samples: list, qk: list, patch: int, settings: dict, prefix: int = 1) 
     """CorLoc, mean mask IoU and source-on-object rate of ``object_mask(**settings)`` masks."""
     hits, ious, on_object = [], [], []
     for (image, gt_masks, gt_boxes), (q, k, grid, resized) in zip(samples, qk, strict=True):
-        grid_mask, source = discover.object_mask(q, k, grid, num_prefix_tokens=prefix, **settings)
+        grid_mask, source = object_mask(q, k, grid, num_prefix_tokens=prefix, **settings)
         mask = upsample_grid_mask(grid_mask, patch, resized, image.shape[:2])
         hits.append(corloc_hit(mask_box(mask), gt_boxes))
         inter = (gt_masks & mask).sum(axis=(1, 2))

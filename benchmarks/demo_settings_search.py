@@ -35,7 +35,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demo_backbone_quality as quality  # noqa: E402
 
-from maskdistill import vit  # noqa: E402
+from maskdistill.models import vit  # noqa: E402
 
 BAR_CORLOC = 0.35
 BAR_RATIO = 3.0

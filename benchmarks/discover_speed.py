@@ -9,8 +9,8 @@ speed does not depend on the weights), 5 heads, top-k 0.4, mass 0.5.
   softmax attention, the last block in full (attention output and MLP included) returning its
   attention, q and k; then ``mask_generator``: attention of every head over all tokens, the
   N x N patch graph, ``scipy.ndimage.label``.
-- maskdistill: ``maskdistill.runner.decoded_batches`` (decode in DataLoader workers, bucketing
-  by padded shape) and ``maskdistill.runner.batch_masks`` (fused attention, the last block's
+- maskdistill: ``maskdistill.loader.image_batches`` (decode in DataLoader workers, bucketing
+  by padded shape) and ``maskdistill.discover.batch.batch_masks`` (fused attention, the last block's
   q and k only, no N x N graph), under ``torch.inference_mode``.
 
 The clustering feature is not timed on either side (the reference computes it in a separate
@@ -31,12 +31,16 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from maskdistill import runner, vit
+from maskdistill.config import defaults
 from maskdistill.data import open_dataset
+from maskdistill.discover.batch import DiscoverSettings, batch_masks, input_batches
+from maskdistill.models import vit
+from maskdistill.models.norm import IMAGENET
 from maskdistill.provenance import machine_description
+from maskdistill.runtime import DEVICES, resolve_device
 
 BACKBONE = "vit_small_patch16_224"
-SETTINGS = runner.DiscoverSettings(resize=640, heads=5, topk=0.4, mass=0.5)
+SETTINGS = DiscoverSettings.from_config(defaults("discover"))  # the paper's: 640 px, 5 heads, ...
 
 
 def write_images(folder: Path, count: int, seed: int = 0) -> None:
@@ -98,7 +102,7 @@ def reference_masks(model, paths: list[Path], device: torch.device) -> dict[str,
         [
             transforms.Resize(SETTINGS.resize),
             transforms.ToTensor(),
-            transforms.Normalize(vit.IMAGENET_MEAN, vit.IMAGENET_STD),
+            transforms.Normalize(IMAGENET.mean, IMAGENET.std),
         ]
     )
     masks = {}
@@ -123,23 +127,18 @@ def reference_masks(model, paths: list[Path], device: torch.device) -> dict[str,
 def maskdistill_masks(
     model, folder: Path, device: torch.device, batch_size: int, workers: int
 ) -> dict[str, np.ndarray]:
-    """Grid masks by file name through the runner's batched path."""
+    """Grid masks by file name through the batched path (image loading + masks, no feature)."""
     records = open_dataset({"kind": "folder", "root": str(folder)}).records()
-    batches = runner.decoded_batches(
-        records,
-        resize=SETTINGS.resize,
-        patch=vit.patch_size(model),
-        feature_patch=None,
-        batch_size=batch_size,
-        workers=workers,
-        progress=False,
+    models = vit.Backbones(model, model)
+    batches = input_batches(
+        records, models, SETTINGS, batch_size=batch_size, workers=workers, progress=False
     )
     masks = {}
     with torch.inference_mode():
         for items in batches:
-            images = torch.stack([item.image for item in items]).to(device)
+            images = torch.stack([item.value.image for item in items]).to(device)
             for item, (grid_mask, _, _) in zip(
-                items, runner.batch_masks(model, images, SETTINGS), strict=True
+                items, batch_masks(model, images, SETTINGS), strict=True
             ):
                 masks[item.record.file_name] = grid_mask
     return masks
@@ -151,10 +150,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=1, help="decoding processes (maskdistill)")
-    parser.add_argument("--device", choices=runner.DEVICES, default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    device = runner.resolve_device(args.device)
+    device = resolve_device(args.device)
     model = vit.load_backbone(BACKBONE, pretrained=False, device=device)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -1,7 +1,7 @@
-"""MaskDistill: unsupervised semantic segmentation (arXiv:2206.06363) as a Snakemake pipeline."""
+"""MaskDistill: unsupervised semantic segmentation (arXiv:2206.06363) as a Snakemake pipeline.
+
+The package's ``__init__`` imports nothing, so that importing one stage's module never pulls in
+another's (and a stage's code fingerprint covers only the modules it imports).
+"""
 
 __version__ = "0.1.0"
-
-from maskdistill.shards import full_resolution_mask, read_shard  # noqa: E402
-
-__all__ = ["__version__", "full_resolution_mask", "read_shard"]

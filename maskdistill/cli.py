@@ -28,6 +28,10 @@ COMMANDS: dict[str, str] = {
 log = logging.getLogger("maskdistill")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help`` keeps the module docstring's line breaks and shows every default."""
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The top-level parser with every registered subcommand, or only with ``only``.
 
@@ -45,7 +49,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             continue
         module = importlib.import_module(f"maskdistill.commands.{module_name}")
         doc = (module.__doc__ or "").strip().splitlines()
-        sub = subparsers.add_parser(name, help=doc[0] if doc else None, description=module.__doc__)
+        sub = subparsers.add_parser(
+            name,
+            help=doc[0] if doc else None,
+            description=module.__doc__,
+            formatter_class=HelpFormatter,
+        )
         module.add_arguments(sub)
         sub.set_defaults(_run=module.run)
     return parser
@@ -67,6 +76,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     log.info("arguments: %s", settings)
     try:
         args._run(args)
-    except (ValueError, FileNotFoundError, OSError) as error:
+    except (ValueError, OSError, FloatingPointError) as error:
         log.error("%s", error)
         sys.exit(1)

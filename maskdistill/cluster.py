@@ -1,6 +1,6 @@
-"""Stage 2 core: K-means over mask features, and masks as COCO annotations (pure, no file I/O).
+"""Stage 2 core: K-means over mask features, and the COCO pseudo ground truth (pure, no file I/O).
 
-METHOD.md, stage 2: divide every feature dimension by its standard deviation over the whole set
+docs/method.md, stage 2: divide every feature dimension by its standard deviation over the whole set
 (scipy.cluster.vq.whiten), L2-normalise every vector, K-means with K' = k x overcluster clusters.
 Support-set features are clustered together with the target set; only the target's labels are
 returned.
@@ -11,12 +11,14 @@ stage-2 label maps paint a mask with the same value i + 1 (0 is background).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
 from sklearn.cluster import KMeans, MiniBatchKMeans
+
+from maskdistill.masks import mask_annotation
 
 KMEANS_METHODS = ("full", "minibatch")
 MINIBATCH_SIZE = 1000  # the reference's MiniBatchKMeans(batch_size=1000)
@@ -134,31 +136,79 @@ def coco_categories(num_clusters: int) -> list[dict[str, Any]]:
     ]
 
 
-def _encode(mask: np.ndarray) -> dict[str, Any]:
-    """pycocotools' compressed RLE of a bool (H, W) mask (counts as bytes)."""
-    return mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+def pseudo_ground_truth(
+    images: Iterable[tuple[str, tuple[int, int], np.ndarray | None]],
+    labels: dict[str, int],
+    num_clusters: int,
+    info: dict[str, Any],
+) -> tuple[dict[str, Any], list[str]]:
+    """The COCO instances dict of the pseudo ground truth, and the images whose mask is empty.
 
+    Args:
+        images: (file name, (H, W), full-resolution bool mask or None when empty) per target
+            image, in shard order (e.g. streamed from the shards).
+        labels: file name -> cluster index of each non-empty mask.
+        num_clusters: K'.
+        info: the JSON's ``info`` (description, provenance).
 
-def _json_rle(rle: dict[str, Any]) -> dict[str, Any]:
-    """A pycocotools RLE made JSON-ready: {"size": [H, W], "counts": str}."""
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-def mask_annotation(
-    mask: np.ndarray, *, annotation_id: int, image_id: int, category_id: int
-) -> dict[str, Any]:
-    """One COCO instance annotation of a bool (H, W) mask; area and bbox come from its RLE.
-
-    bbox is [x, y, w, h] in pixels (tight box of the mask), iscrowd 0, score 1.0.
+    Image ids are numbered 0, 1, ... in the given order, not taken from the shards: a shard's
+    ids are positions in the dataset listing when it was written, and after images are added to
+    a folder dataset only the shards they land in are rewritten, so ids from different shards
+    may collide (stages join by file name).
     """
-    rle = _encode(mask)
+    coco_images, annotations, empty = [], [], []
+    for file_name, (height, width), mask in images:
+        image_id = len(coco_images)
+        coco_images.append(
+            {"id": image_id, "file_name": file_name, "height": height, "width": width}
+        )
+        if mask is None or not mask.any():
+            empty.append(file_name)
+            continue
+        annotations.append(
+            mask_annotation(
+                mask,
+                annotation_id=len(annotations) + 1,
+                image_id=image_id,
+                category_id=labels[file_name] + 1,
+            )
+        )
+    coco = {
+        "info": info,
+        "images": coco_images,
+        "annotations": annotations,
+        "categories": coco_categories(num_clusters),
+    }
+    return coco, empty
+
+
+def cluster_stats(
+    settings: dict[str, Any],
+    result: Clustering,
+    num_images: int,
+    empty: list[str],
+    skipped: list[list[str]],
+) -> dict[str, Any]:
+    """The stats JSON (data/README.md, "Cluster stats JSON"), without the input paths.
+
+    Args:
+        settings: ``k``, ``overcluster``, ``kmeans``, ``seed``.
+        num_images: target images (empty masks included).
+        empty: file names whose mask was empty.
+        skipped: ``[file_name, reason]`` of images the discover shards skipped.
+    """
     return {
-        "id": annotation_id,
-        "image_id": image_id,
-        "category_id": category_id,
-        "segmentation": _json_rle(rle),
-        "area": int(mask_utils.area(rle)),
-        "bbox": [int(v) for v in mask_utils.toBbox(rle)],
-        "iscrowd": 0,
-        "score": 1.0,
+        "k": settings["k"],
+        "overcluster": settings["overcluster"],
+        "num_clusters": result.num_clusters,
+        "kmeans": settings["kmeans"],
+        "seed": settings["seed"],
+        "inertia": result.inertia,
+        "num_images": int(num_images),
+        "num_annotated": int(num_images - len(empty)),
+        "num_support": int(result.support_sizes.sum()),
+        "cluster_sizes": result.sizes.tolist(),
+        "support_cluster_sizes": result.support_sizes.tolist(),
+        "empty_images": empty,
+        "skipped_images": skipped,
     }

@@ -1,11 +1,14 @@
-"""Workflow configuration: loading and validation against the JSON schema.
+"""Workflow configuration: loading, validation against the JSON schema, and its defaults.
 
-The Snakefile validates with Snakemake's ``validate`` (which uses the same schema); this module
-lets the command line and the tests do the same without Snakemake.
+The schema (``maskdistill/schemas/config.schema.yaml``) is the one home of every setting's
+default: the Snakefile validates with Snakemake's ``validate`` (which fills them in), and the
+command-line flags and settings classes take theirs from :func:`defaults`.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 from importlib import resources
 from pathlib import Path
@@ -17,20 +20,51 @@ import yaml
 SCHEMA_PATH = Path(str(resources.files("maskdistill") / "schemas" / "config.schema.yaml"))
 
 
+@functools.cache
+def _schema_text() -> str:
+    return SCHEMA_PATH.read_text()
+
+
 def load_schema() -> dict[str, Any]:
-    """The config JSON schema, as a dict."""
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    """The config JSON schema, as a (fresh) dict."""
+    return yaml.safe_load(_schema_text())
+
+
+def defaults(section: str) -> dict[str, Any]:
+    """The schema's default of every setting of a config section, e.g. ``defaults("discover")``.
+
+    Settings without a default (required ones) are left out.
+    """
+    schema = load_schema()
+    node = schema["properties"][section]
+    if "$ref" in node:
+        node = schema["$defs"][node["$ref"].rsplit("/", 1)[1]]
+    return {
+        name: spec["default"]
+        for name, spec in node.get("properties", {}).items()
+        if "default" in spec
+    }
 
 
 def _fill_defaults(validator_class):
-    """A validator class that also writes each property's ``default`` into the instance."""
+    """A validator class that also writes each property's ``default`` into the instance.
+
+    A missing property gets a copy of its default; a mapping given in part gets the missing
+    keys of a mapping default (so ``resources.discover: {threads: 2}`` keeps the other
+    defaults of that job).
+    """
     validate_properties = validator_class.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
         if isinstance(instance, dict):
             for name, subschema in properties.items():
-                if "default" in subschema:
-                    instance.setdefault(name, subschema["default"])
+                if "default" not in subschema:
+                    continue
+                default = copy.deepcopy(subschema["default"])
+                value = instance.setdefault(name, default)
+                if isinstance(value, dict) and isinstance(default, dict):
+                    for key, item in default.items():
+                        value.setdefault(key, item)
         yield from validate_properties(validator, properties, instance, schema)
 
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})

@@ -7,7 +7,8 @@ the image (they may be cut by the border), later objects occlude earlier ones, a
 covers about 6 to 22 % of the image, so a fixed centre box rarely localises one.
 
 ``render_scene`` draws one picture (the dataset generator uses it); ``render_scene_pair`` draws the
-same objects on two independent backgrounds (a view source for self-supervised pretraining).
+same objects on two independent backgrounds, and ``paired_demo_views`` makes those pairs a view
+source for self-supervised pretraining.
 Both share one code path: ``_layout`` places the objects, ``_background`` draws a background.
 All randomness comes from the ``numpy.random.Generator`` passed in, so a seed fixes everything.
 """
@@ -367,6 +368,15 @@ def render_scene_pair(
     image_b = _composite(rng, _background(rng, height, width), objects)
     masks, labels = _ground_truth(objects, height, width)
     return image_a, image_b, masks, labels
+
+
+def paired_demo_views(rng: np.random.Generator, batch: int) -> tuple[list, list]:
+    """A pretraining view source: ``batch`` new scenes, each rendered on two backgrounds.
+
+    See :mod:`maskdistill.pretrain.views` for what a view source is.
+    """
+    pairs = [render_scene_pair(rng) for _ in range(batch)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:

@@ -159,28 +159,6 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         return height, width
 
 
-def load_index_png(path: str | os.PathLike) -> np.ndarray:
-    """Read a label PNG as its raw indices, without any colour conversion.
-
-    Args:
-        path: a palette (``P``) or grayscale (``L``) PNG, e.g. VOC SegmentationClass.
-
-    Returns:
-        (H, W) uint8 array of the stored indices (no EXIF orientation applied).
-
-    Raises:
-        BadImageError: the file cannot be read, or stores colours instead of indices.
-    """
-    with pillow_errors(path), Image.open(path) as image:
-        if image.mode not in ("P", "L"):
-            raise BadImageError(
-                path,
-                f"expected a palette (P) or grayscale (L) PNG of label indices, got mode "
-                f"{image.mode}",
-            )
-        return np.array(image)
-
-
 def load_or_skip(
     path: str | os.PathLike,
     on_bad_image: str,

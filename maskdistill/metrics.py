@@ -22,7 +22,8 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-IGNORE_LABEL = 255
+from maskdistill.masks import IGNORE
+
 CORLOC_IOU = 0.5
 
 
@@ -41,7 +42,7 @@ def confusion_matrix(
     pred = np.asarray(pred)
     if gt.shape != pred.shape:
         raise ValueError(f"ground truth {gt.shape} and prediction {pred.shape} differ in shape")
-    valid = gt != IGNORE_LABEL
+    valid = gt != IGNORE
     gt = gt[valid].astype(np.int64)
     pred = pred[valid].astype(np.int64)
     if gt.size and (gt.min() < 0 or gt.max() >= num_classes):

@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 import os
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
-from PIL import Image
 
 from maskdistill.io import atomic_path
+from maskdistill.masks import upsample_grid_mask
 
 FORMAT = "maskdistill.discover_shard"
 FORMAT_VERSION = 1
@@ -199,6 +199,43 @@ def read_shard_table(path: str | os.PathLike, fields: Iterable[str]) -> dict[str
         return table
 
 
+def read_columns(
+    paths: Sequence[str | os.PathLike], fields: Iterable[str]
+) -> dict[str, np.ndarray]:
+    """Columns of several shards concatenated in order (:func:`read_shard_table` of each).
+
+    Raises ValueError naming the shard when a file name is in two shards or the feature sizes
+    of two shards differ.
+    """
+    fields = list(dict.fromkeys(["file_name", *fields]))
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in fields}
+    seen: set[str] = set()
+    for path in paths:
+        table = read_shard_table(path, fields)
+        if not len(table["file_name"]):
+            continue
+        if "feature" in table and parts["feature"]:
+            dims, first = parts["feature"][0].shape[1], paths[0]
+            if table["feature"].shape[1] != dims:
+                raise ValueError(
+                    f"{path}: features have {table['feature'].shape[1]} dims, {first} has {dims}"
+                )
+        repeated = seen.intersection(table["file_name"])
+        if repeated:
+            raise ValueError(f"{path}: image {sorted(repeated)[0]!r} is also in another shard")
+        seen.update(table["file_name"])
+        for name in fields:
+            parts[name].append(table[name])
+    if not parts["file_name"]:
+        raise ValueError(f"no image in the shards {[str(p) for p in paths]}")
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def skipped_images(paths: Iterable[str | os.PathLike]) -> list[list[str]]:
+    """The ``[file_name, reason]`` entries of images the shards skipped, in shard order."""
+    return [entry for path in paths for entry in read_shard_attrs(path).get("skipped", [])]
+
+
 def read_shard(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """Yield one dict per image, in the order written.
 
@@ -237,39 +274,8 @@ def read_shard(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
                 }
 
 
-def upsample_grid_mask(
-    grid_mask: np.ndarray,
-    patch_size: int,
-    resized_size: tuple[int, int],
-    image_size: tuple[int, int],
-) -> np.ndarray:
-    """A patch-grid mask at image resolution, as the reference code does it.
-
-    Nearest upsampling by ``patch_size`` (h, w) -> (h P, w P), crop to the resized image
-    ``resized_size`` (H', W') (dropping the zero padding), nearest resize to the original
-    ``image_size`` (H, W). Returns bool (H, W).
-    """
-    full = np.repeat(np.repeat(grid_mask.astype(np.uint8), patch_size, 0), patch_size, 1)
-    full = full[: resized_size[0], : resized_size[1]]
-    if tuple(full.shape) != tuple(image_size):
-        resized = Image.fromarray(full).resize(
-            (image_size[1], image_size[0]), resample=Image.Resampling.NEAREST
-        )
-        full = np.asarray(resized)
-    return full.astype(bool)
-
-
 def full_resolution_mask(record: dict[str, Any]) -> np.ndarray:
     """The record's object mask at the original image size: bool (H, W)."""
     return upsample_grid_mask(
         record["grid_mask"], record["patch_size"], record["resized_size"], record["image_size"]
     )
-
-
-def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """Tight box (x, y, w, h) of a bool (H, W) mask in pixels; (0, 0, 0, 0) when empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return (0, 0, 0, 0)
-    return (int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1))

@@ -1,16 +1,22 @@
-"""Helpers the Snakemake rules use at parse time: code fingerprints of stage modules.
+"""Helpers the Snakemake rules use at parse time: code fingerprints, content keys, CLI flags.
 
 A stage rule passes ``code_fingerprint("maskdistill.commands.<stage>")`` as a ``params:`` value.
 Snakemake reruns a job whose params changed, so editing the source of a stage (its command, its
 core, or any project module these import, found statically) reruns that stage and everything
 downstream of it, while edits to other stages' modules leave it alone.
+
+Torch-free and cheap: the workflow imports it every time it parses the rules.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import json
+import shlex
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 PACKAGE = "maskdistill"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -86,3 +92,39 @@ def code_fingerprint(*modules: str) -> str:
         digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()[:12]
+
+
+def content_key(*parts: object) -> str:
+    """A short, stable hash of JSON-able values: the name of a content-addressed output folder.
+
+    Two runs (or experiments with other run names) whose parts are equal share the folder, so
+    an expensive stage is computed once and reused.
+    """
+    text = json.dumps(parts, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def cli_flags(settings: Mapping[str, Any]) -> str:
+    """A settings mapping as command-line flags, shell-quoted: key ``a_b`` -> ``--a-b``.
+
+    ``True`` / ``False`` -> ``--a-b`` / ``--no-a-b`` (the CLI declares
+    ``argparse.BooleanOptionalAction``); None -> nothing (the CLI's default applies); a list ->
+    ``--a-b v1 v2``; anything else -> ``--a-b value``.
+    """
+    args: list[str] = []
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, (list, tuple)):
+            args += [flag, *(str(v) for v in value)]
+        else:
+            args += [flag, str(value)]
+    return shlex.join(args)
+
+
+def without(settings: Mapping[str, Any], *keys: str) -> dict[str, Any]:
+    """``settings`` without ``keys`` (e.g. execution settings that never change a result)."""
+    return {k: v for k, v in settings.items() if k not in keys}

@@ -2,14 +2,17 @@
 # a support set's) -> COCO pseudo ground truth (category_id = 1 + cluster index) + stats.
 CLUSTER = config["cluster"]
 CLUSTER_DIR = RUN / "cluster"
+CLUSTER_SETTINGS = ("k", "overcluster", "kmeans", "seed")
+PSEUDO_GT = CLUSTER_DIR / "pseudo_gt.json"  # the training set of stage 3
+CLUSTER_OUTPUTS = [PSEUDO_GT, CLUSTER_DIR / "stats.json"]
 
 
 rule cluster:
     input:
-        shards=discover_shards(),
-        support=CLUSTER["support_shards"] + support_shards(),
+        shards=DISCOVER_SHARDS,
+        support=CLUSTER["support_shards"] + SUPPORT_SHARDS,
     output:
-        pseudo_gt=CLUSTER_DIR / "pseudo_gt.json",
+        pseudo_gt=PSEUDO_GT,
         stats=report(
             CLUSTER_DIR / "stats.json",
             caption="../report/cluster_stats.rst",
@@ -28,12 +31,8 @@ rule cluster:
         gpu=RESOURCES["cluster"]["gpu"],
     params:
         code=code_fingerprint("maskdistill.commands.cluster"),
-        k=CLUSTER["k"],
-        overcluster=CLUSTER["overcluster"],
-        kmeans=CLUSTER["kmeans"],
-        seed=CLUSTER["seed"],
+        flags=cli_flags({key: CLUSTER[key] for key in CLUSTER_SETTINGS}),
     shell:
         "maskdistill cluster --shards {input.shards:q} --support-shards {input.support:q}"
-        " --k {params.k} --overcluster {params.overcluster} --kmeans {params.kmeans}"
-        " --seed {params.seed} --threads {threads}"
+        " {params.flags} --threads {threads}"
         " --out {output.pseudo_gt:q} --stats {output.stats:q} 2> {log:q}"

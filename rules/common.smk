@@ -1,32 +1,32 @@
-# Config validation, paths and input functions shared by every rule.
-# Rules read config only through `params:` and the functions below.
-import functools
-import hashlib
-import json
-import shlex
-from pathlib import Path
-
-from snakemake.utils import validate
-
-from maskdistill.workflow import code_fingerprint
-
-validate(config, "../maskdistill/schemas/config.schema.yaml")
-
-RESULTS = Path(config["results_dir"])
-RUN = RESULTS / config["run_name"]
-LOGS = RUN / "logs"
-BENCHMARKS = RUN / "benchmarks"
-DATASET = config["dataset"]
-# The rules of every stage follow one pattern (README "Running the workflow"):
+# What the stages share: config validation, the top-level paths, the content key of a
+# content-addressed cache folder, the helper that turns settings into command-line flags, and
+# the functions about datasets and shards. Each stage's own paths and outputs are constants in
+# its rules/<stage>.smk (Snakemake's linter wants every function here).
+#
+# The rules of every stage share one pattern (docs/workflow.md):
 #   threads: RESOURCES["<stage>"]["threads"]; resources: mem_mb, runtime, gpu from the same entry
 #     (resources only, never params, so that changing them reruns nothing);
 #   params: code=code_fingerprint("maskdistill.commands.<command>") (editing the stage's code
-#     reruns it);
+#     reruns it) and the stage's settings as flags=cli_flags(...);
 #   GPU stages prefix their shell command with
 #     "maskdistill gpu-run --gpus {resources.gpu} --lock-dir {params.gpu_locks:q} -- "
 #     and pass gpu_locks=GPU_LOCKS (workstation pinning; a no-op under SLURM).
-RESOURCES = config["resources"]
+import functools
+from pathlib import Path
+
+from maskdistill.config import validate_config
+from maskdistill.workflow import cli_flags, code_fingerprint, content_key, without
+
+validate_config(config)  # the schema's checks and defaults (maskdistill/schemas/)
+
+RESULTS = Path(config["results_dir"])
+CACHE = RESULTS / "cache"
+RUN = RESULTS / config["run_name"]
+LOGS = RUN / "logs"
+BENCHMARKS = RUN / "benchmarks"
 GPU_LOCKS = RESULTS / ".gpu-locks"
+RESOURCES = config["resources"]
+DATASET = config["dataset"]
 
 
 def _inside_results(path):
@@ -41,14 +41,29 @@ if config["demo_data"]["generate"] and not _inside_results(DATASET["root"]):
     )
 
 
+def learning_view(dataset):
+    """What a learning stage reads of a dataset spec: everything but the evaluation split."""
+    return without(dataset, "eval_split")
+
+
 def dataset_ready():
     """What jobs reading the dataset wait for: the generated demo tree, or nothing."""
     return [DATASET["root"]] if config["demo_data"]["generate"] else []
 
 
-def cluster_outputs():
-    """The stage-2 outputs: pseudo ground truth and stats."""
-    return [RUN / "cluster" / "pseudo_gt.json", RUN / "cluster" / "stats.json"]
+def dataset_args(splits=None, dataset=DATASET):
+    """The dataset part of a command line (default: the learning splits), quoted."""
+    splits = dataset["learn_splits"] if splits is None else splits
+    return cli_flags(
+        {
+            "dataset_kind": dataset["kind"],
+            "images": dataset["root"],
+            "imagesets": dataset["imagesets"],
+            "splits": list(splits),
+            "annotations": dataset["annotations"],
+            "image_list": dataset["image_list"],
+        }
+    )
 
 
 def evaluation_enabled():
@@ -71,161 +86,9 @@ if (
     )
 
 
-def metrics_reports():
-    """The metrics JSONs the Markdown table shows, in stage order."""
-    return [RUN / "evaluate" / "discovery.json", RUN / "evaluate" / "cluster.json"]
-
-
-def evaluate_outputs():
-    """The metrics table (and with it every metrics JSON), when there is ground truth."""
-    return [RUN / "evaluate" / "metrics.md"] if evaluation_enabled() else []
-
-
-def final_outputs():
-    """The inputs of the target `all`: the final output of every stage that exists."""
-    return dataset_ready() + discover_shards() + cluster_outputs() + evaluate_outputs()
-
-
-def pretrained_backbone():
-    """The pretrain stage's exported backbone, content addressed by the dataset and its settings."""
-    key = settings_key("dataset", "pretrain")
-    return RESULTS / "cache" / "pretrain" / key / "backbone.pth"
-
-
-def discover_backbone():
-    """The backbone discover runs: the pretrain stage's output when enabled, else the configured."""
-    if config["pretrain"]["enabled"]:
-        return str(pretrained_backbone())
-    return config["discover"]["backbone"]
-
-
-# config key -> command-line flag of `maskdistill pretrain` (training settings)
-_PRETRAIN_FLAGS = (
-    "views",
-    "patch_size",
-    "embed_dim",
-    "depth",
-    "num_heads",
-    "global_size",
-    "local_size",
-    "num_local",
-    "out_dim",
-    "batch_size",
-    "steps",
-    "lr",
-    "warmup_fraction",
-    "teacher_temp",
-    "teacher_momentum",
-    "hue",
-    "infonce_weight",
-    "koleo_weight",
-    "seed",
-    "checkpoint_every",
-    "device",
-)
-
-
-def pretrain_args():
-    """The training-settings part of the pretrain command line, quoted."""
-    args = []
-    for key in _PRETRAIN_FLAGS:
-        if config["pretrain"][key] is not None:
-            args += [f"--{key.replace('_', '-')}", str(config["pretrain"][key])]
-    return shlex.join(args)
-
-
-def settings_key(*sections):
-    """A short, stable hash of config sections: names a content-addressed output folder.
-
-    Two runs (or two experiments with different run names) whose sections are equal share the
-    folder, so the expensive stage is computed once and reused.
-    """
-    text = json.dumps([config.get(s) for s in sections], sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-# Stage 1, discover: content-addressed shard folders and input functions. Discover runs on the
-# dataset and, when cluster.support_dataset is set, on that support set too (same settings).
-DISCOVER = config["discover"]
-SUPPORT = config["cluster"]["support_dataset"]
-
-
-def discover_key(dataset):
-    """The content address of `dataset`'s shards: its spec and the result-changing settings.
-
-    With the pretrain stage enabled, its settings (and the dataset it trains on) decide the
-    backbone, so they are part of the key too.
-    """
-    parts = [dataset, DISCOVER]
-    if config["pretrain"]["enabled"]:
-        parts += [DATASET, config["pretrain"]]
-    text = json.dumps(parts, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-# content key -> dataset spec, for every dataset discover runs on
-DISCOVER_DATASETS = {discover_key(DATASET): DATASET}
-if SUPPORT is not None:
-    DISCOVER_DATASETS[discover_key(SUPPORT)] = SUPPORT
-
-
-def discover_shards(dataset=DATASET):
-    """Every shard the configured discover settings produce for `dataset`."""
-    return expand(
-        str(
-            RESULTS
-            / "cache"
-            / "discover"
-            / "{key}"
-            / "shard-{shard}-of-{num_shards}.h5"
-        ),
-        key=discover_key(dataset),
-        shard=range(DISCOVER["num_shards"]),
-        num_shards=DISCOVER["num_shards"],
-    )
-
-
-def support_shards():
-    """The support set's shards (clustered with the target's, not written), or none."""
-    return [] if SUPPORT is None else discover_shards(SUPPORT)
-
-
-def discover_dataset(wildcards):
-    """The dataset spec of a discover job's content key."""
-    return DISCOVER_DATASETS[wildcards.key]
-
-
-def discover_dataset_ready(wildcards):
-    """The generated demo tree when a discover job reads it (the support set never is one)."""
-    return dataset_ready() if discover_dataset(wildcards) is DATASET else []
-
-
-def _backbone_files():
-    """Backbone specs that name checkpoint files (as maskdistill.vit tells them from timm names)."""
-    specs = {discover_backbone(), DISCOVER["feature_backbone"]} - {"same"}
-    suffixes = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
-    return sorted(
-        s
-        for s in specs
-        if not s.startswith(("random:", "hf-hub:"))
-        and (s.endswith(suffixes) or "/" in s)
-    )
-
-
-def _dataset_args(splits=None, dataset=DATASET):
-    """The dataset part of a command line (default: the learning splits), quoted."""
-    splits = dataset["learn_splits"] if splits is None else splits
-    args = ["--dataset-kind", dataset["kind"], "--images", dataset["root"]]
-    args += ["--imagesets", dataset["imagesets"], "--splits", *splits]
-    for flag, key in (("--annotations", "annotations"), ("--image-list", "image_list")):
-        if dataset[key] is not None:
-            args += [flag, dataset[key]]
-    return shlex.join(args)
-
-
-def discover_dataset_args(wildcards):
-    """The dataset part of a discover job's command line."""
-    return _dataset_args(dataset=discover_dataset(wildcards))
+def shard_paths(folder, num_shards):
+    """The files of a sharded output: folder/shard-<i>-of-<S>.h5 for i < S."""
+    return [Path(folder) / f"shard-{i}-of-{num_shards}.h5" for i in range(num_shards)]
 
 
 @functools.cache
@@ -236,7 +99,7 @@ def _folder_images(root):
     return list_images(Path(root))
 
 
-def image_lists(dataset=DATASET):
+def image_lists(dataset):
     """The files that list a VOC or COCO dataset's images (none for folders or the demo)."""
     generated = dataset is DATASET and config["demo_data"]["generate"]
     if generated or dataset["kind"] == "folder":
@@ -251,21 +114,28 @@ def image_lists(dataset=DATASET):
     ]
 
 
-def discover_images(wildcards):
+def shard_images(dataset, shard, num_shards):
     """What one shard's images depend on, so that changing the data reruns only what it must.
 
     Folder datasets: the shard's image files (adding images reruns only the shards they land
-    in). VOC and COCO: the image lists (editing them reruns every shard).
+    in; an image's shard is crc32(file name) % num_shards). VOC and COCO: the image lists
+    (editing them reruns every shard).
     """
-    dataset = discover_dataset(wildcards)
     if dataset["kind"] != "folder":
         return image_lists(dataset)
     from maskdistill.shards import shard_of
 
-    num_shards, shard = int(wildcards.num_shards), int(wildcards.shard)
     root = Path(dataset["root"])
     return [
         root / name
         for name in _folder_images(dataset["root"])
-        if shard_of(name, num_shards) == shard
+        if shard_of(name, int(num_shards)) == int(shard)
     ]
+
+
+def final_outputs():
+    """The inputs of the target `all`: the final output of every stage that exists.
+
+    The stage files define the constants it reads.
+    """
+    return dataset_ready() + DISCOVER_SHARDS + CLUSTER_OUTPUTS + EVALUATE_OUTPUTS

@@ -1,15 +1,19 @@
 # Metrics against the ground truth of dataset.eval_split: stage-1 CorLoc, stage-2 mIoU, cluster
 # accuracy, NMI, ARI, and one Markdown table. Only when the dataset has ground truth.
-import shlex
-
 EVALUATE = config["evaluate"]
 EVALUATE_DIR = RUN / "evaluate"
+
+
+# the metrics JSONs the Markdown table shows, in stage order
+METRICS_REPORTS = [EVALUATE_DIR / "discovery.json", EVALUATE_DIR / "cluster.json"]
+# the metrics table (and with it every metrics JSON), when there is ground truth
+EVALUATE_OUTPUTS = [EVALUATE_DIR / "metrics.md"] if evaluation_enabled() else []
 
 
 rule evaluate_discovery:
     input:
         dataset=dataset_ready(),
-        shards=discover_shards(),
+        shards=DISCOVER_SHARDS,
     output:
         report(
             EVALUATE_DIR / "discovery.json",
@@ -29,7 +33,7 @@ rule evaluate_discovery:
         gpu=RESOURCES["evaluate"]["gpu"],
     params:
         code=code_fingerprint("maskdistill.commands.evaluate"),
-        dataset=_dataset_args([DATASET["eval_split"]]),
+        dataset=dataset_args([DATASET["eval_split"]]),
     shell:
         "maskdistill evaluate discovery --shards {input.shards:q} {params.dataset}"
         " --out {output:q} 2> {log:q}"
@@ -38,7 +42,7 @@ rule evaluate_discovery:
 rule evaluate_cluster:
     input:
         dataset=dataset_ready(),
-        pseudo_gt=CLUSTER_DIR / "pseudo_gt.json",
+        pseudo_gt=PSEUDO_GT,
     output:
         report(
             EVALUATE_DIR / "cluster.json",
@@ -58,15 +62,13 @@ rule evaluate_cluster:
         gpu=RESOURCES["evaluate"]["gpu"],
     params:
         code=code_fingerprint("maskdistill.commands.evaluate"),
-        dataset=_dataset_args([DATASET["eval_split"]]),
+        dataset=dataset_args([DATASET["eval_split"]]),
         # objects: the clusters are named by the object-level matching over the learning images
-        matching=shlex.join(
-            [
-                "--matching",
-                EVALUATE["matching"],
-                "--matching-splits",
-                *DATASET["learn_splits"],
-            ]
+        matching=cli_flags(
+            {
+                "matching": EVALUATE["matching"],
+                "matching_splits": DATASET["learn_splits"],
+            }
         ),
     shell:
         "maskdistill evaluate cluster --pseudo-gt {input.pseudo_gt:q} {params.dataset}"
@@ -75,7 +77,7 @@ rule evaluate_cluster:
 
 rule evaluate_table:
     input:
-        reports=metrics_reports(),
+        reports=METRICS_REPORTS,
     output:
         report(
             EVALUATE_DIR / "metrics.md",

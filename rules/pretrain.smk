@@ -3,14 +3,23 @@
 # the metrics log) live next to it in resume/, which Snakemake never deletes, so a failed or
 # killed job resumes where it stopped when it is rerun.
 PRETRAIN = config["pretrain"]
-PRETRAIN_RESUME = pretrained_backbone().parent / "resume"
+# settings that never change the exported weights: not in the content key, not rule params
+PRETRAIN_EXECUTION = ("enabled", "checkpoint_every", "device")
+PRETRAIN_SETTINGS = without(PRETRAIN, *PRETRAIN_EXECUTION)
+# content addressed by the images it learns from and its settings
+PRETRAIN_DIR = (
+    CACHE
+    / "pretrain"
+    / content_key("pretrain", learning_view(DATASET), PRETRAIN_SETTINGS)
+)
+PRETRAINED_BACKBONE = PRETRAIN_DIR / "backbone.pth"
 
 
 rule pretrain:
     input:
         dataset=dataset_ready(),
     output:
-        backbone=pretrained_backbone(),
+        backbone=PRETRAINED_BACKBONE,
     log:
         LOGS / "pretrain.log",
     benchmark:
@@ -22,17 +31,21 @@ rule pretrain:
         mem_mb=RESOURCES["pretrain"]["mem_mb"],
         runtime=RESOURCES["pretrain"]["runtime"],
         gpu=RESOURCES["pretrain"]["gpu"],
+        # execution settings: resources, so that changing them reruns nothing
+        checkpoint_every=PRETRAIN["checkpoint_every"],
+        device=PRETRAIN["device"],
     params:
         code=code_fingerprint("maskdistill.commands.pretrain"),
         gpu_locks=GPU_LOCKS,
-        dataset=_dataset_args(),
-        settings=pretrain_args(),
-        checkpoint=PRETRAIN_RESUME / "checkpoint.pth",
-        metrics=PRETRAIN_RESUME / "metrics.jsonl",
+        dataset=dataset_args(),
+        flags=cli_flags(PRETRAIN_SETTINGS),
+        checkpoint=PRETRAIN_DIR / "resume" / "checkpoint.pth",
+        metrics=PRETRAIN_DIR / "resume" / "metrics.jsonl",
         on_bad_image=config["on_bad_image"],
     shell:
         "maskdistill gpu-run --gpus {resources.gpu} --lock-dir {params.gpu_locks:q} --"
-        " maskdistill pretrain {params.dataset} {params.settings}"
+        " maskdistill pretrain {params.dataset} {params.flags}"
+        " --checkpoint-every {resources.checkpoint_every} --device {resources.device}"
         " --out {output.backbone:q} --checkpoint {params.checkpoint:q}"
         " --metrics {params.metrics:q} --threads {threads}"
         " --on-bad-image {params.on_bad_image} 2> {log:q}"

@@ -14,10 +14,9 @@ from pycocotools.coco import COCO
 
 from maskdistill import demo
 from maskdistill.cli import main
-from maskdistill.commands.demo_data import voc_palette
 from maskdistill.data import open_dataset
+from maskdistill.masks import mask_box
 from maskdistill.metrics import corloc_hit
-from maskdistill.shards import mask_box
 
 COUNTS = {"train": 8, "val": 6}
 
@@ -79,18 +78,6 @@ def test_unit_shape_areas_match_geometry():
     assert demo._unit_area(3) == pytest.approx(3 * np.sqrt(3) / 4, rel=0.01)  # triangle
     assert demo._unit_area(5) == pytest.approx(np.pi * (1 - 0.55**2), rel=0.01)  # ring
     assert demo._unit_area(6) == pytest.approx(2 * (0.66 * 2) - 0.66**2, rel=0.01)  # cross
-
-
-def test_voc_palette_known_entries():
-    palette = voc_palette()
-    assert len(palette) == 768
-    assert palette[0:3] == [0, 0, 0]
-    assert palette[3:6] == [128, 0, 0]
-    assert palette[6:9] == [0, 128, 0]
-    assert palette[255 * 3 : 256 * 3] == [224, 224, 192]
-
-
-# ---------------------------------------------------------------- scenes
 
 
 def test_render_scene_is_deterministic_and_well_formed():

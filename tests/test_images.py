@@ -13,11 +13,11 @@ from maskdistill.images import (
     BadImageError,
     image_size,
     load_image,
-    load_index_png,
     load_or_skip,
     read_skipped,
     write_skipped,
 )
+from maskdistill.masks import read_label_png
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (4, 6, 3), dtype=np.uint8)
@@ -239,8 +239,8 @@ def test_skip_list_cells_stay_on_one_line(tmp_path):
 
 def test_index_png_keeps_indices(tmp_path):
     indices = np.array([[0, 1, 255], [2, 2, 0]], dtype=np.uint8)
-    labels = load_index_png(save(palette_image(indices), tmp_path / "l.png"))
+    labels = read_label_png(save(palette_image(indices), tmp_path / "l.png"))
     np.testing.assert_array_equal(labels, indices)
     rgb = save(Image.fromarray(RGB), tmp_path / "rgb.png")
     with pytest.raises(BadImageError, match="mode RGB"):
-        load_index_png(rgb)
+        read_label_png(rgb)

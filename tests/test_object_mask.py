@@ -10,15 +10,19 @@ import scipy.ndimage
 import torch
 import torch.nn.functional as F
 
-from maskdistill.discover import (
-    cls_affinity,
-    crop_to_box,
-    mask_outside,
-    mass_filter,
-    object_mask,
-    object_masks,
-)
-from maskdistill.vit import last_block_qk, load_backbone, preprocess
+from maskdistill.config import defaults
+from maskdistill.discover import mask as discover_mask
+from maskdistill.discover.feature import crop_to_box, mask_outside
+from maskdistill.discover.mask import cls_affinity, mass_filter
+from maskdistill.models.norm import IMAGENET
+from maskdistill.models.vit import last_block_qk, load_backbone, preprocess
+
+PAPER = {key: defaults("discover")[key] for key in ("topk", "mass")}  # 0.4 and 0.5
+
+
+def object_mask(q, k, grid_shape, **settings):
+    """``object_mask`` with the paper's top-k and mass unless given."""
+    return discover_mask.object_mask(q, k, grid_shape, **(PAPER | settings))
 
 
 def reference_mask(q, k, cols, heads, topk, mass, center_keys=False):
@@ -199,17 +203,6 @@ def test_register_tokens_are_skipped():
     assert got[1] == expected[1]
 
 
-def test_batched_helper_equals_single_images():
-    rng = np.random.default_rng(4)
-    pairs = [random_qk(rng, 3, 1 + 12, 4, integer=False) for _ in range(3)]
-    q = torch.stack([p[0] for p in pairs])
-    k = torch.stack([p[1] for p in pairs])
-    for (mask, source), (qi, ki) in zip(object_masks(q, k, (3, 4), heads=2), pairs, strict=True):
-        expected = object_mask(qi, ki, (3, 4), heads=2)
-        np.testing.assert_array_equal(mask, expected[0])
-        assert source == expected[1]
-
-
 def test_bad_arguments_raise():
     q = torch.ones(3, 1 + 6, 2)
     with pytest.raises(ValueError, match="heads=5, but the backbone's last block has 3 heads"):
@@ -282,7 +275,7 @@ def test_whole_stage_matches_reference_pipeline():
         image = np.zeros((height, width, 3), np.uint8)
         image[:] = rng.integers(0, 256, size=3)
         image[height // 4 : height // 2, width // 3 : 2 * width // 3] = rng.integers(0, 256, 3)
-        tensor, _ = preprocess(image, 64, 8)
+        tensor, _ = preprocess(image, 64, 8, IMAGENET)
         rows, cols = tensor.shape[1] // 8, tensor.shape[2] // 8
         with torch.inference_mode():
             q, k = last_block_qk(model, tensor[None])

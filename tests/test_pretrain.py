@@ -12,11 +12,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from maskdistill import cli, demo, pretrain, vit
+import maskdistill
+from maskdistill import cli, demo, training
+from maskdistill.models import vit
+from maskdistill.models.norm import IMAGENET
+from maskdistill.pretrain import augment, loop, losses, views
+from maskdistill.pretrain.settings import PretrainSettings
 
-ASSET = Path(pretrain.__file__).parent / "assets" / "demo_vit.pth"
+ASSET = Path(maskdistill.__file__).parent / "assets" / "demo_vit.pth"
 
-TINY = pretrain.PretrainSettings(
+TINY = PretrainSettings.with_defaults(
     patch_size=4,
     embed_dim=12,
     depth=2,
@@ -64,7 +69,7 @@ def test_dino_loss_matches_a_direct_computation():
             pairs += 1
     expected /= pairs
     assert pairs == 4
-    got = pretrain.dino_loss(
+    got = losses.dino_loss(
         torch.tensor(student, dtype=torch.float64),
         torch.tensor(teacher, dtype=torch.float64),
         torch.tensor(center, dtype=torch.float64),
@@ -80,10 +85,8 @@ def test_dino_loss_averages_scenes_crop_major():
     teacher = torch.randn(4, 5, generator=gen, dtype=torch.float64)
     student = torch.randn(6, 5, generator=gen, dtype=torch.float64)
     center = torch.zeros(5, dtype=torch.float64)
-    both = pretrain.dino_loss(student, teacher, center, 0.1, 0.04)
-    singles = [
-        pretrain.dino_loss(student[i::2], teacher[i::2], center, 0.1, 0.04) for i in range(2)
-    ]
+    both = losses.dino_loss(student, teacher, center, 0.1, 0.04)
+    singles = [losses.dino_loss(student[i::2], teacher[i::2], center, 0.1, 0.04) for i in range(2)]
     assert float(both) == pytest.approx(sum(float(s) for s in singles) / 2, rel=1e-12)
 
 
@@ -91,7 +94,7 @@ def test_center_update():
     center = torch.tensor([1.0, 0.0])
     logits = torch.tensor([[0.0, 2.0], [2.0, 4.0]])
     # 0.9 * [1, 0] + 0.1 * [1, 3]
-    assert torch.allclose(pretrain.updated_center(center, logits, 0.9), torch.tensor([1.0, 0.3]))
+    assert torch.allclose(losses.updated_center(center, logits, 0.9), torch.tensor([1.0, 0.3]))
 
 
 def test_ema_update_is_exact():
@@ -101,21 +104,21 @@ def test_ema_update_is_exact():
         teacher.bias.fill_(4.0)
         student.weight.copy_(torch.tensor([[3.0, -2.0]]))
         student.bias.fill_(0.0)
-    pretrain.ema_update(teacher, student, 0.75)
+    training.ema_update(teacher, student, 0.75)
     assert teacher.weight.tolist() == [[1.5, 1.0]]  # 0.75 * 1 + 0.25 * 3, 0.75 * 2 - 0.5
     assert teacher.bias.tolist() == [3.0]
     assert student.weight.tolist() == [[3.0, -2.0]]
 
 
 def test_cosine_schedule():
-    assert pretrain.cosine_schedule(0, 10, 1.0, 0.0, warmup_steps=2) == 0.0
-    assert pretrain.cosine_schedule(1, 10, 1.0, 0.0, warmup_steps=2) == 0.5
-    assert pretrain.cosine_schedule(2, 10, 1.0, 0.0, warmup_steps=2) == 1.0
-    assert pretrain.cosine_schedule(6, 10, 1.0, 0.0, warmup_steps=2) == pytest.approx(0.5)
-    assert pretrain.cosine_schedule(10, 10, 1.0, 0.0, warmup_steps=2) == pytest.approx(0.0)
-    sched = pretrain.schedule_at(0, pretrain.PretrainSettings(steps=100))
+    assert training.cosine_schedule(0, 10, 1.0, 0.0, warmup_steps=2) == 0.0
+    assert training.cosine_schedule(1, 10, 1.0, 0.0, warmup_steps=2) == 0.5
+    assert training.cosine_schedule(2, 10, 1.0, 0.0, warmup_steps=2) == 1.0
+    assert training.cosine_schedule(6, 10, 1.0, 0.0, warmup_steps=2) == pytest.approx(0.5)
+    assert training.cosine_schedule(10, 10, 1.0, 0.0, warmup_steps=2) == pytest.approx(0.0)
+    sched = loop.schedule_at(0, PretrainSettings.with_defaults(steps=100))
     assert sched.teacher_momentum == pytest.approx(0.995) and sched.freeze_last_layer
-    late = pretrain.schedule_at(100, pretrain.PretrainSettings(steps=100))
+    late = loop.schedule_at(100, PretrainSettings.with_defaults(steps=100))
     assert late.teacher_momentum == pytest.approx(1.0) and not late.freeze_last_layer
     assert late.lr == pytest.approx(1e-6) and late.weight_decay == pytest.approx(0.4)
 
@@ -124,37 +127,37 @@ def test_info_nce_and_koleo_known_values():
     eye = torch.eye(3)
     # logits = I / T: the positive scores 1 / T, two negatives 0
     expected = -math.log(math.exp(5.0) / (math.exp(5.0) + 2.0))
-    assert float(pretrain.info_nce(eye, 2 * eye, 0.2)) == pytest.approx(expected, rel=1e-6)
+    assert float(losses.info_nce(eye, 2 * eye, 0.2)) == pytest.approx(expected, rel=1e-6)
     square = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
     # every point's nearest neighbour is at distance sqrt(2)
-    assert float(pretrain.koleo(3 * square)) == pytest.approx(-math.log(math.sqrt(2)), rel=1e-5)
+    assert float(losses.koleo(3 * square)) == pytest.approx(-math.log(math.sqrt(2)), rel=1e-5)
 
 
 def test_prototypes_frozen_during_the_first_steps():
-    state = pretrain.new_state(TINY)
+    state = loop.new_state(TINY)
     before = state.student.head.prototypes.detach().clone()
-    globals_, locals_ = pretrain.multi_crop(
+    globals_, locals_ = augment.multi_crop(
         *random_views(np.random.default_rng(0), 3), TINY, torch.Generator().manual_seed(0)
     )
-    pretrain.train_step(state, globals_, locals_)  # step 0: lr 0 anyway
-    pretrain.train_step(state, globals_, locals_)  # step 1 >= 0.25 * 4: prototypes move
+    loop.train_step(state, globals_, locals_)  # step 0: lr 0 anyway
+    loop.train_step(state, globals_, locals_)  # step 1 >= 0.25 * 4: prototypes move
     assert not torch.equal(before, state.student.head.prototypes)
-    frozen = pretrain.new_state(dataclasses.replace(TINY, freeze_last_layer_fraction=0.5))
+    frozen = loop.new_state(dataclasses.replace(TINY, freeze_last_layer_fraction=0.5))
     start = frozen.student.head.prototypes.detach().clone()
     for _ in range(2):
-        pretrain.train_step(frozen, globals_, locals_)
+        loop.train_step(frozen, globals_, locals_)
     assert torch.equal(start, frozen.student.head.prototypes)
     assert not torch.equal(
-        frozen.student.backbone.cls_token, pretrain.new_state(TINY).student.backbone.cls_token
+        frozen.student.backbone.cls_token, loop.new_state(TINY).student.backbone.cls_token
     )
 
 
 def test_resume_continues_exactly(tmp_path):
-    straight = pretrain.train(TINY, random_views, tmp_path / "a.pth", checkpoint_every=1)
-    pretrain.train(TINY, random_views, tmp_path / "b.pth", checkpoint_every=2, stop_after=2)
+    straight = loop.train(TINY, random_views, tmp_path / "a.pth", checkpoint_every=1)
+    loop.train(TINY, random_views, tmp_path / "b.pth", checkpoint_every=2, stop_after=2)
     payload = torch.load(tmp_path / "b.pth", weights_only=True)
     assert payload["step"] == 2
-    resumed = pretrain.train(TINY, random_views, tmp_path / "b.pth", checkpoint_every=2)
+    resumed = loop.train(TINY, random_views, tmp_path / "b.pth", checkpoint_every=2)
     assert straight.step == resumed.step == 4
     for a, b in ((straight.student, resumed.student), (straight.teacher, resumed.teacher)):
         for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
@@ -167,18 +170,18 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_resume_refuses_other_settings(tmp_path):
-    pretrain.train(TINY, random_views, tmp_path / "c.pth", stop_after=1)
+    loop.train(TINY, random_views, tmp_path / "c.pth", stop_after=1)
     with pytest.raises(ValueError, match="other settings"):
-        pretrain.train(dataclasses.replace(TINY, lr=1e-3), random_views, tmp_path / "c.pth")
+        loop.train(dataclasses.replace(TINY, lr=1e-3), random_views, tmp_path / "c.pth")
 
 
 def test_global_crops_come_from_the_first_and_second_views():
     settings = dataclasses.replace(TINY, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
     black = [np.zeros((20, 24, 3), np.uint8)] * 3
     white = [np.full((20, 24, 3), 255, np.uint8)] * 3
-    globals_, locals_ = pretrain.multi_crop(black, white, settings, torch.Generator())
-    mean = torch.tensor(pretrain.IMAGENET_MEAN)[:, None, None]
-    std = torch.tensor(pretrain.IMAGENET_STD)[:, None, None]
+    globals_, locals_ = augment.multi_crop(black, white, settings, torch.Generator())
+    mean = torch.tensor(IMAGENET.mean)[:, None, None]
+    std = torch.tensor(IMAGENET.std)[:, None, None]
     pixels = globals_ * std + mean
     assert globals_.shape == (6, 3, 16, 16) and locals_.shape == (6, 3, 8, 8)
     assert torch.allclose(pixels[:3], torch.zeros(3, 3, 16, 16), atol=1e-5)
@@ -186,7 +189,7 @@ def test_global_crops_come_from_the_first_and_second_views():
 
 
 def test_paired_demo_views_share_objects_and_differ_in_background():
-    first, second = pretrain.paired_demo_views(np.random.default_rng(3), 4)
+    first, second = demo.paired_demo_views(np.random.default_rng(3), 4)
     rng = np.random.default_rng(3)
     for a, b in zip(first, second, strict=True):
         image_a, image_b, masks, _ = demo.render_scene_pair(rng)
@@ -199,8 +202,8 @@ def test_paired_demo_views_share_objects_and_differ_in_background():
 
 
 def test_exported_backbone_loads_strictly_through_the_discover_loader(tmp_path):
-    state = pretrain.new_state(TINY)
-    pretrain.export_backbone(tmp_path / "tiny.pth", state)
+    state = loop.new_state(TINY)
+    loop.export_backbone(tmp_path / "tiny.pth", state)
     model = vit.load_backbone(str(tmp_path / "tiny.pth"), num_heads=TINY.num_heads)
     saved = torch.load(tmp_path / "tiny.pth", weights_only=True)
     assert all(v.dtype == torch.float16 for v in saved.values())
@@ -257,5 +260,5 @@ def test_cli_trains_on_a_folder_of_images(tmp_path):
 
 def test_resize_shorter_side():
     image = np.zeros((30, 60, 3), np.uint8)
-    assert pretrain.resize_shorter_side(image, 16).shape == (16, 32, 3)
-    assert pretrain.resize_shorter_side(image.transpose(1, 0, 2), 10).shape == (20, 10, 3)
+    assert views.resize_shorter_side(image, 16).shape == (16, 32, 3)
+    assert views.resize_shorter_side(image.transpose(1, 0, 2), 10).shape == (20, 10, 3)

@@ -6,15 +6,12 @@ import h5py
 import numpy as np
 import pytest
 
-import maskdistill
 from maskdistill.shards import (
     ShardWriter,
     full_resolution_mask,
-    mask_box,
     read_shard,
     read_shard_attrs,
     read_shard_table,
-    upsample_grid_mask,
     write_shard,
 )
 
@@ -43,7 +40,7 @@ def test_round_trip_keeps_every_field(tmp_path):
     path = tmp_path / "shard.h5"
     attrs = {"settings": {"topk": 0.4, "heads": 5}, "skipped": [["bad.jpg", "zero bytes"]]}
     assert write_shard(path, records, attrs) == 7
-    back = list(maskdistill.read_shard(path))
+    back = list(read_shard(path))
     assert len(back) == 7
     for written, read in zip(records, back, strict=True):
         assert set(read) == set(written)
@@ -100,34 +97,6 @@ def test_not_a_shard_names_the_file(tmp_path):
         read_shard_attrs(other)
 
 
-def test_upsample_grid_mask_by_hand():
-    grid = np.array([[1, 0], [0, 1]], bool)
-    # patch 2 -> 4x4, crop to the resized 3x4, then nearest resize to 6x8 doubles each pixel
-    full = upsample_grid_mask(grid, patch_size=2, resized_size=(3, 4), image_size=(6, 8))
-    expected_resized = np.array(
-        [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1]],
-        bool,
-    )
-    np.testing.assert_array_equal(full, expected_resized.repeat(2, 0).repeat(2, 1))
-    assert full.dtype == bool
-
-
-def test_full_resolution_mask_without_resize_is_a_crop():
-    record = make_record(1)
-    record["resized_size"] = record["image_size"] = (20, 30)
-    record["grid_shape"] = (3, 4)
-    full = full_resolution_mask(record)
-    assert full.shape == (20, 30)
-    np.testing.assert_array_equal(full[::8, ::8], record["grid_mask"][:3, :4])
-
-
-def test_mask_box():
-    mask = np.zeros((5, 6), bool)
-    assert mask_box(mask) == (0, 0, 0, 0)
-    mask[1:3, 2:5] = True
-    assert mask_box(mask) == (2, 1, 3, 2)
-
-
 def test_attrs_filled_while_writing_are_stored(tmp_path):
     skipped: list[tuple[str, str]] = []
 
@@ -137,3 +106,12 @@ def test_attrs_filled_while_writing_are_stored(tmp_path):
 
     write_shard(tmp_path / "s.h5", records(), {"skipped": skipped})
     assert read_shard_attrs(tmp_path / "s.h5")["skipped"] == [["bad.jpg", "truncated"]]
+
+
+def test_full_resolution_mask_without_resize_is_a_crop():
+    record = make_record(1)
+    record["resized_size"] = record["image_size"] = (20, 30)
+    record["grid_shape"] = (3, 4)
+    full = full_resolution_mask(record)
+    assert full.shape == (20, 30)
+    np.testing.assert_array_equal(full[::8, ::8], record["grid_mask"][:3, :4])

@@ -89,10 +89,12 @@ def test_demo_workflow_runs_every_job_as_a_slurm_job(slurm_cluster, tmp_path):
     workspace = make_workspace(tmp_path / "workflow", tiny_config())
     profile_args = ["--profile", str(PROFILE), "--slurm-init-seconds-before-status-checks", "1"]
 
-    plan = parse_jobs(snakemake(workspace, "--dry-run", *profile_args, env=SLURM_ENV).stdout)
+    plan = parse_jobs(
+        snakemake(workspace, "--dry-run", *profile_args, env=SLURM_ENV, slurm=True).stdout
+    )
 
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))
-    run = snakemake(workspace, *profile_args, env=SLURM_ENV)
+    run = snakemake(workspace, *profile_args, env=SLURM_ENV, slurm=True)
     local = parse_jobs(run.stdout + run.stderr, local=True)
     assert set(local) == {("all", ""), ("evaluate_table", "")}  # the Snakefile's localrules
 
@@ -105,10 +107,10 @@ def test_demo_workflow_runs_every_job_as_a_slurm_job(slurm_cluster, tmp_path):
     assert len({job["JobName"] for job in jobs}) == 1  # one workflow run (the plugin's run uuid)
 
     # outputs complete: every output of the summary is present and up to date
-    summary = snakemake(workspace, "--summary", *profile_args, env=SLURM_ENV).stdout
+    summary = snakemake(workspace, "--summary", *profile_args, env=SLURM_ENV, slurm=True).stdout
     rows = [line.split("\t") for line in summary.splitlines()[1:] if "\t" in line]
     assert len(rows) == 8 and all(row[4:6] == ["ok", "no update"] for row in rows), summary
 
-    second = snakemake(workspace, *profile_args, env=SLURM_ENV)
+    second = snakemake(workspace, *profile_args, env=SLURM_ENV, slurm=True)
     assert "Nothing to be done" in second.stdout + second.stderr
     assert len(_sacct_jobs(since)) == len(jobs)

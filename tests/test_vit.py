@@ -13,7 +13,8 @@ from PIL import Image
 from safetensors.torch import save_file
 from timm.models import VisionTransformer
 
-from maskdistill import vit
+from maskdistill.models import vit
+from maskdistill.models.norm import IMAGENET
 
 torch.set_num_threads(2)
 
@@ -36,27 +37,27 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 def test_preprocess_shorter_side_resize_and_padding():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, size=(375, 500, 3), dtype=np.uint8)
-    tensor, resized = vit.preprocess(image, 640, 16)
+    tensor, resized = vit.preprocess(image, 640, 16, IMAGENET)
     assert resized == (640, 853)  # int(500 * 640 / 375) = int(853.33)
     assert tensor.shape == (3, 640, 864)
     assert tensor[:, :, 853:].abs().sum() == 0
     expected = np.asarray(Image.fromarray(image).resize((853, 640), Image.BILINEAR)) / 255.0
-    expected = (expected - vit.IMAGENET_MEAN) / vit.IMAGENET_STD
+    expected = (expected - IMAGENET.mean) / IMAGENET.std
     np.testing.assert_allclose(tensor[:, :, :853].numpy(), expected.transpose(2, 0, 1), atol=1e-5)
-    portrait, resized = vit.preprocess(image.transpose(1, 0, 2).copy(), 640, 16)
+    portrait, resized = vit.preprocess(image.transpose(1, 0, 2).copy(), 640, 16, IMAGENET)
     assert resized == (853, 640) and portrait.shape == (3, 864, 640)
 
 
 def test_preprocess_without_resize_and_smaller_than_a_patch():
     image = np.full((3, 5, 3), 255, dtype=np.uint8)
-    tensor, resized = vit.preprocess(image, None, 8)
+    tensor, resized = vit.preprocess(image, None, 8, IMAGENET)
     assert resized == (3, 5) and tensor.shape == (3, 8, 8)
-    expected = (1 - torch.tensor(vit.IMAGENET_MEAN)) / torch.tensor(vit.IMAGENET_STD)
+    expected = (1 - torch.tensor(IMAGENET.mean)) / torch.tensor(IMAGENET.std)
     torch.testing.assert_close(tensor[:, 1, 4], expected)
     assert tensor[:, 3:].abs().sum() == 0 and tensor[:, :, 5:].abs().sum() == 0
-    torch.testing.assert_close(vit.preprocess_full(image, 8), tensor)
+    torch.testing.assert_close(vit.preprocess_full(image, 8, IMAGENET), tensor)
     with pytest.raises(ValueError, match="expected an"):
-        vit.preprocess(image[..., 0], None, 8)
+        vit.preprocess(image[..., 0], None, 8, IMAGENET)
 
 
 # --- positional embeddings -----------------------------------------------------------------

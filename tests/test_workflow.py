@@ -143,6 +143,56 @@ def test_a_support_set_is_discovered_and_clustered_with_the_target(demo):
     assert "support images/s0.png" in result.stdout  # the support set's images are inputs
 
 
+def test_an_evaluation_split_change_reruns_only_the_metrics(demo):
+    dataset = {**tiny_config()["dataset"], "eval_split": "train"}
+    jobs = planned_jobs(demo, *variant(demo, "eval_train", dataset=dataset))
+    assert rules_of(jobs) == Counter(
+        {"evaluate_discovery": 1, "evaluate_cluster": 1, "evaluate_table": 1}
+    )
+
+
+def test_discover_device_is_an_execution_setting(demo):
+    assert planned_jobs(demo, *variant(demo, "device", discover={"device": "auto"})) == Counter()
+
+
+# a pretraining small enough to run in seconds
+TINY_PRETRAIN = {
+    "enabled": True,
+    "patch_size": 8,
+    "embed_dim": 16,
+    "depth": 1,
+    "num_heads": 2,
+    "global_size": 16,
+    "local_size": 8,
+    "num_local": 1,
+    "out_dim": 8,
+    "batch_size": 2,
+    "steps": 2,
+    "checkpoint_every": 1,
+    "device": "cpu",
+}
+
+
+def test_pretrain_execution_settings_never_rerun_pretraining(demo):
+    args = variant(demo, "pretrained", pretrain=TINY_PRETRAIN)
+    backbone = next(p for p in planned_outputs(demo, *args) if p.endswith("backbone.pth"))
+    snakemake(demo, backbone, "--cores", "1", *args)  # only the pretrain job
+    changed = {**TINY_PRETRAIN, "checkpoint_every": 2, "device": "auto"}
+    jobs = planned_jobs(demo, *variant(demo, "pretrained2", pretrain=changed))
+    assert "pretrain" not in rules_of(jobs)
+    assert rules_of(jobs)["discover"] == 2  # discover runs on the new backbone
+    more_steps = {**TINY_PRETRAIN, "steps": 3}
+    assert (
+        rules_of(planned_jobs(demo, *variant(demo, "steps3", pretrain=more_steps)))["pretrain"] == 1
+    )
+
+
+def planned_outputs(workspace: Path, *args: str) -> list[str]:
+    """Every output path a dry run lists."""
+    result = snakemake(workspace, "--dry-run", "--cores", "1", *args)
+    return re.findall(r"output: (\S+)", result.stdout + result.stderr)
+
+
 def test_resources_never_trigger_a_rerun(demo):
     args = variant(demo, "bigger", resources={"discover": {"mem_mb": 1500, "threads": 2}})
     assert planned_jobs(demo, *args) == Counter()
@@ -152,7 +202,9 @@ def test_resources_never_trigger_a_rerun(demo):
     ("module", "expected"),
     [
         ("maskdistill/cluster.py", Counter({"cluster": 1}) + AFTER_CLUSTER),
-        ("maskdistill/discover.py", Counter({"discover": 2}) + AFTER_DISCOVER),
+        ("maskdistill/discover/mask.py", Counter({"discover": 2}) + AFTER_DISCOVER),
+        # the shard module: every stage that imports it, not the demo data (which does not)
+        ("maskdistill/shards.py", Counter({"discover": 2}) + AFTER_DISCOVER),
         ("maskdistill/gpu.py", Counter()),  # imported by no stage's command
     ],
 )

@@ -54,10 +54,32 @@ def write_config(workspace: Path, config: dict) -> None:
     (workspace / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def workflow_env(workspace: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for snakemake and its jobs: the venv's tools, the copied package first."""
+def no_slurm_client(folder: Path) -> Path:
+    """A folder holding an ``scontrol`` that fails at once, to put first on PATH.
+
+    The SLURM executor plugin runs ``scontrol show config`` whenever Snakemake starts; where the
+    SLURM client is installed (the SLURM test installs it) but no controller runs, that call
+    waits about 10 s before it gives up, in every snakemake call of every test. Tests that do not
+    use SLURM put this folder first on PATH; the SLURM test does not.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "scontrol"
+    script.write_text("#!/bin/sh\nexit 1\n")
+    script.chmod(0o755)
+    return folder
+
+
+def workflow_env(
+    workspace: Path, extra: dict[str, str] | None = None, slurm: bool = False
+) -> dict[str, str]:
+    """Environment for snakemake and its jobs: the venv's tools, the copied package first.
+
+    ``slurm``: keep the machine's SLURM client (else see :func:`no_slurm_client`).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SNAKEMAKE_"))}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    if not slurm:
+        env["PATH"] = f"{no_slurm_client(workspace / '.no-slurm')}{os.pathsep}{env['PATH']}"
     env["PYTHONPATH"] = str(workspace)
     env["OMP_NUM_THREADS"] = "1"
     env.pop("CUDA_VISIBLE_DEVICES", None)
@@ -66,13 +88,17 @@ def workflow_env(workspace: Path, extra: dict[str, str] | None = None) -> dict[s
 
 
 def snakemake(
-    workspace: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+    workspace: Path,
+    *args: str,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    slurm: bool = False,
 ) -> subprocess.CompletedProcess:
     """Run ``snakemake ARGS`` in ``workspace``; with ``check``, a failure raises with the output."""
     result = subprocess.run(
         [str(BIN / "snakemake"), *args],
         cwd=workspace,
-        env=workflow_env(workspace, env),
+        env=workflow_env(workspace, env, slurm),
         capture_output=True,
         text=True,
         check=False,

@@ -8,10 +8,13 @@ from typing import Any
 from maskdistill.data import KINDS, Dataset, open_dataset
 
 
-def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--images --dataset-kind --splits --imagesets --annotations --image-list``."""
+def add_dataset_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--images --dataset-kind --splits --imagesets --annotations --image-list``.
+
+    ``required=False`` for commands that can run without a dataset (``--images`` optional).
+    """
     data = parser.add_argument_group("dataset")
-    data.add_argument("--images", required=True, help="image folder (dataset root)")
+    data.add_argument("--images", required=required, help="image folder (dataset root)")
     data.add_argument("--dataset-kind", choices=KINDS, default="folder")
     data.add_argument("--splits", nargs="+", default=None, help="voc: split names, e.g. val")
     data.add_argument("--imagesets", default="Segmentation", help="voc: ImageSets/<imagesets>")
@@ -30,6 +33,6 @@ def dataset_spec(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def open_dataset_from_args(args: argparse.Namespace) -> Dataset:
-    """The dataset (restricted to ``--splits``) that the arguments describe."""
-    return open_dataset(dataset_spec(args), args.splits)
+def open_dataset_from_args(args: argparse.Namespace, splits: list[str] | None = None) -> Dataset:
+    """The dataset (restricted to ``splits``, default ``--splits``) that the arguments describe."""
+    return open_dataset(dataset_spec(args), args.splits if splits is None else splits)

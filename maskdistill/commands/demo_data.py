@@ -15,18 +15,16 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
-from tqdm import tqdm
 
 from maskdistill.demo import CLASS_NAMES, Scene, boundary_band, render_scene, scene_rng
 from maskdistill.io import atomic_path, write_json
+from maskdistill.masks import IGNORE, encode_rle, mask_box, write_label_png
+from maskdistill.progress import Progress
 from maskdistill.provenance import provenance
-from maskdistill.shards import mask_box
 
 log = logging.getLogger(__name__)
 
 JPEG_QUALITY = 90
-IGNORE = 255
 SPLITS = ("train", "val")
 
 
@@ -61,10 +59,12 @@ def write_demo_dataset(root: Path, *, seed: int, counts: dict[str, int]) -> None
     for split in SPLITS:
         ids = [f"{split}_{index:06d}" for index in range(counts[split])]
         coco = _coco_skeleton()
-        for index, image_id in enumerate(tqdm(ids, desc=f"demo {split}", mininterval=5)):
-            scene = render_scene(scene_rng(seed, split, index))
-            _write_voc_files(root, image_id, scene)
-            _add_coco_image(coco, index + 1, f"{image_id}.jpg", scene)
+        with Progress(len(ids), f"demo {split}", "images") as bar:
+            for index, image_id in enumerate(ids):
+                scene = render_scene(scene_rng(seed, split, index))
+                _write_voc_files(root, image_id, scene)
+                _add_coco_image(coco, index + 1, f"{image_id}.jpg", scene)
+                bar.update()
         _write_lines(root / "ImageSets" / "Segmentation" / f"{split}.txt", ids)
         write_json(root / "annotations" / f"instances_{split}.json", coco)
         all_ids += ids
@@ -78,27 +78,6 @@ def _write_lines(path: Path, lines: list[str]) -> None:
     path.write_text("".join(f"{line}\n" for line in lines))
 
 
-def voc_palette() -> list[int]:
-    """The PASCAL VOC colour map: 256 RGB triples (768 ints), index 255 is (224, 224, 192)."""
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        c = index
-        for shift in range(7, -1, -1):
-            r |= (c & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        palette += [r, g, b]
-    return palette
-
-
-def _save_indexed_png(path: Path, indices: np.ndarray) -> None:
-    image = Image.fromarray(indices.astype(np.uint8))
-    image.putpalette(voc_palette())
-    image.save(path, format="PNG")
-
-
 def _write_voc_files(root: Path, image_id: str, scene: Scene) -> None:
     """JPEG image, class and object PNGs (VOC palette) and the XML of one scene."""
     Image.fromarray(scene.image).save(
@@ -110,8 +89,8 @@ def _write_voc_files(root: Path, image_id: str, scene: Scene) -> None:
         instance[mask] = index
         semantic[mask] = label
     semantic[boundary_band(instance)] = IGNORE
-    _save_indexed_png(root / "SegmentationClass" / f"{image_id}.png", semantic)
-    _save_indexed_png(root / "SegmentationObject" / f"{image_id}.png", instance)
+    write_label_png(root / "SegmentationClass" / f"{image_id}.png", semantic)
+    write_label_png(root / "SegmentationObject" / f"{image_id}.png", instance)
     xml = _voc_xml(f"{image_id}.jpg", scene)
     (root / "Annotations" / f"{image_id}.xml").write_text(xml)
 
@@ -159,13 +138,12 @@ def _add_coco_image(coco: dict, image_id: int, file_name: str, scene: Scene) -> 
         {"id": image_id, "file_name": file_name, "height": height, "width": width}
     )
     for mask, label in zip(scene.masks, scene.labels, strict=True):
-        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
         coco["annotations"].append(
             {
                 "id": len(coco["annotations"]) + 1,
                 "image_id": image_id,
                 "category_id": int(label),
-                "segmentation": {"size": [height, width], "counts": rle["counts"].decode("ascii")},
+                "segmentation": encode_rle(mask),
                 "area": int(mask.sum()),
                 "bbox": [float(v) for v in mask_box(mask)],
                 "iscrowd": 0,

@@ -4,7 +4,8 @@ Usable without a config file, e.g.
 ``maskdistill discover --images DIR --backbone vit_small_patch16_224.dino --out shard.h5``.
 ``--shard I --num-shards S`` processes only the images with ``crc32(file_name) % S == I``.
 The shard (data/README.md, "Discover shards") is written atomically; skipped bad images are
-listed in its attributes and in ``<out>.skipped.tsv``.
+listed in its attributes and in ``<out>.skipped.tsv``. Defaults: the config schema's
+``discover`` section (the paper's settings).
 """
 
 from __future__ import annotations
@@ -12,35 +13,40 @@ from __future__ import annotations
 import argparse
 import logging
 
-import torch
-
-from maskdistill import runner
 from maskdistill.commands.dataset_args import (
     add_dataset_arguments,
     dataset_spec,
     open_dataset_from_args,
 )
+from maskdistill.config import defaults
+from maskdistill.discover.batch import DiscoverSettings, discover_records, select_shard
+from maskdistill.discover.feature import FEATURES
 from maskdistill.images import ON_BAD_IMAGE, write_skipped
+from maskdistill.models import vit
+from maskdistill.models.specs import looks_like_path
 from maskdistill.provenance import provenance
+from maskdistill.runtime import DEVICES, PRECISIONS, check_precision, resolve_device, set_threads
 from maskdistill.shards import write_shard
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    default = defaults("discover")
     add_dataset_arguments(parser)
 
     model = parser.add_argument_group("backbones")
     model.add_argument(
         "--backbone",
-        default="vit_small_patch16_224.dino",
+        default=default["backbone"],
         help="timm name, checkpoint path, or random:patch=P,width=D,depth=L,heads=H,seed=S",
     )
     model.add_argument("--num-heads", type=int, default=None, help="heads of a checkpoint")
     model.add_argument(
         "--feature-backbone",
-        default="vit_small_patch8_224.dino",
-        help="backbone of the clustering feature ('same': --backbone)",
+        default=None,
+        help="backbone of the clustering feature ('same': --backbone; default: "
+        f"{default['feature_backbone']}, or 'same' when --backbone is a file)",
     )
     model.add_argument(
         "--no-pretrained",
@@ -49,15 +55,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="timm names with random weights (tests and benchmarks only)",
     )
 
-    method = parser.add_argument_group("method (METHOD.md stage 1)")
-    method.add_argument("--resize", type=int, default=640, help="shorter side in pixels")
-    method.add_argument("--heads", type=int, default=5, help="first heads averaged")
-    method.add_argument("--topk", type=float, default=0.4, help="fraction of patches proposed")
-    method.add_argument("--mass", type=float, default=0.5, help="attention-mass threshold")
+    method = parser.add_argument_group("method (docs/method.md, stage 1)")
+    method.add_argument("--resize", type=int, default=default["resize"], help="shorter side, px")
+    method.add_argument("--heads", type=int, default=default["heads"], help="first heads averaged")
+    method.add_argument("--topk", type=float, default=default["topk"], help="share of patches")
+    method.add_argument("--mass", type=float, default=default["mass"], help="attention mass kept")
     method.add_argument(
-        "--center-keys", action="store_true", help="subtract the mean key (not the reference)"
+        "--center-keys",
+        action=argparse.BooleanOptionalAction,
+        default=default["center_keys"],
+        help="subtract the mean key (not the reference)",
     )
-    method.add_argument("--feature", choices=runner.FEATURES, default="crop")
+    method.add_argument("--feature", choices=FEATURES, default=default["feature"])
 
     run = parser.add_argument_group("execution")
     run.add_argument("--out", required=True, help="the shard to write (.h5)")
@@ -65,27 +74,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--num-shards", type=int, default=1)
     run.add_argument("--batch-size", type=int, default=8)
     run.add_argument("--workers", type=int, default=2, help="image-decoding processes")
-    run.add_argument("--device", choices=runner.DEVICES, default="auto")
+    run.add_argument("--device", choices=DEVICES, default=default["device"])
     run.add_argument(
         "--precision",
-        choices=tuple(runner.PRECISIONS),
-        default="fp32",
+        choices=tuple(PRECISIONS),
+        default=default["precision"],
         help="fp16/bf16: autocast the ViTs (faster on GPU; masks may differ from fp32)",
     )
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     run.add_argument("--on-bad-image", choices=ON_BAD_IMAGE, default="error")
     run.add_argument("--no-progress", dest="progress", action="store_false")
-
-
-def _settings(args: argparse.Namespace) -> runner.DiscoverSettings:
-    return runner.DiscoverSettings(
-        resize=args.resize,
-        heads=args.heads,
-        topk=args.topk,
-        mass=args.mass,
-        center_keys=args.center_keys,
-        feature=args.feature,
-    )
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -95,22 +93,26 @@ def _check(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name.replace('_', '-')}: expected >= 1")
     if args.workers < 0:
         raise ValueError("--workers: expected >= 0")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError("--threads: expected >= 1")
     if not 0 <= args.shard < args.num_shards:
         raise ValueError(f"--shard {args.shard}: expected 0 <= shard < {args.num_shards}")
+    check_precision(args.precision)
+
+
+def feature_backbone(args: argparse.Namespace) -> str:
+    """The clustering feature's backbone: as given, else 'same' for a file, else the default."""
+    if args.feature_backbone is not None:
+        return args.feature_backbone
+    return "same" if looks_like_path(args.backbone) else defaults("discover")["feature_backbone"]
 
 
 def run(args: argparse.Namespace) -> None:
-    settings = _settings(args)
+    settings = DiscoverSettings.from_config(vars(args))
     _check(args)
-    device = runner.resolve_device(args.device)
-    runner.autocast(device, args.precision)  # rejects an unknown precision before any work
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    set_threads(args.threads)
     spec = dataset_spec(args)
     records = open_dataset_from_args(args).records()
-    mine = runner.select_shard(records, args.shard, args.num_shards)
+    mine = select_shard(records, args.shard, args.num_shards)
     log.info(
         "shard %d of %d: %d of %d images, device %s, precision %s",
         args.shard,
@@ -120,9 +122,10 @@ def run(args: argparse.Namespace) -> None:
         device,
         args.precision,
     )
-    models = runner.load_backbones(
+    feature_spec = feature_backbone(args)
+    models = vit.load_backbones(
         args.backbone,
-        args.feature_backbone,
+        feature_spec,
         pretrained=args.pretrained,
         num_heads=args.num_heads,
         device=device,
@@ -136,7 +139,7 @@ def run(args: argparse.Namespace) -> None:
             counts["empty"] += record["empty"]
             yield record
 
-    stream = runner.discover_records(
+    stream = discover_records(
         mine,
         models,
         settings,
@@ -150,9 +153,7 @@ def run(args: argparse.Namespace) -> None:
     )
     attrs = {
         "backbone": args.backbone,
-        "feature_backbone": (
-            args.backbone if args.feature_backbone == "same" else args.feature_backbone
-        ),
+        "feature_backbone": args.backbone if feature_spec == "same" else feature_spec,
         "pretrained": args.pretrained,
         "num_heads": args.num_heads,
         "settings": settings.as_dict(),

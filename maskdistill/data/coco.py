@@ -25,8 +25,7 @@ from pycocotools.coco import COCO
 
 from maskdistill.data.base import Dataset, GTBox, ImageRecord
 from maskdistill.io import read_json
-
-IGNORE = 255
+from maskdistill.masks import IGNORE
 
 
 def _round(value: float) -> int:

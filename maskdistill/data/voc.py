@@ -23,14 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from maskdistill.data.base import Dataset, GTBox, ImageRecord
-from maskdistill.images import load_index_png
+from maskdistill.masks import IGNORE, read_label_png
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
     "train", "tvmonitor",
 )  # fmt: skip
-IGNORE = 255
 LABEL_FOLDERS = ("SegmentationClass", "SegmentationClassAug")
 
 
@@ -129,7 +128,7 @@ class VocDataset(Dataset):
         path = self._label_file(record)
         if path is None:
             return None
-        labels = load_index_png(path)
+        labels = read_label_png(path)
         _check_values(labels, len(self.class_names), path, "the class label map")
         return labels
 
@@ -138,7 +137,7 @@ class VocDataset(Dataset):
         path = self._gt_file(record, "SegmentationObject", ".png")
         if not path.is_file():
             return []
-        objects = load_index_png(path)
+        objects = read_label_png(path)
         labels = self.semantic_labels(record)
         if labels is None or labels.shape != objects.shape:
             raise ValueError(

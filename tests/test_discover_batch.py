@@ -1,4 +1,4 @@
-"""The batched discover runner and ``maskdistill discover``: shards, sharding, edge cases.
+"""The batched discover step and ``maskdistill discover``: shards, sharding, edge cases.
 
 A tiny random ViT (patch 8, width 48, depth 2, 3 heads) on tiny generated images keeps every
 test fast; the algorithm itself is tested in test_object_mask.py.
@@ -6,6 +6,7 @@ test fast; the algorithm itself is tested in test_object_mask.py.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -18,11 +19,18 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from workflow_helpers import no_slurm_client
 
-from maskdistill import cli, read_shard, runner, vit
+from maskdistill import cli
+from maskdistill.config import defaults
 from maskdistill.data import open_dataset
+from maskdistill.discover import batch
 from maskdistill.images import read_skipped
-from maskdistill.shards import full_resolution_mask, mask_box, read_shard_attrs
+from maskdistill.loader import bucket_batches
+from maskdistill.masks import mask_box
+from maskdistill.models import vit
+from maskdistill.models.norm import IMAGENET
+from maskdistill.shards import full_resolution_mask, read_shard, read_shard_attrs, shard_of
 
 BACKBONE = "random:patch=8,width=48,depth=2,heads=3,seed=0"
 KEYS = {
@@ -181,18 +189,18 @@ def test_shards_partition_the_images(images, shard, tmp_path):
 
 
 def test_shard_of_is_crc32_and_stable_when_images_are_added():
-    assert runner.shard_of("2007_000032.jpg", 4) == zlib.crc32(b"2007_000032.jpg") % 4
-    before = {f"a{i}.jpg": runner.shard_of(f"a{i}.jpg", 5) for i in range(50)}
-    after = {f"a{i}.jpg": runner.shard_of(f"a{i}.jpg", 5) for i in range(80)}
+    assert shard_of("2007_000032.jpg", 4) == zlib.crc32(b"2007_000032.jpg") % 4
+    before = {f"a{i}.jpg": shard_of(f"a{i}.jpg", 5) for i in range(50)}
+    after = {f"a{i}.jpg": shard_of(f"a{i}.jpg", 5) for i in range(80)}
     assert all(after[name] == shard for name, shard in before.items())
     assert set(before.values()) == set(range(5))
     with pytest.raises(ValueError, match="shard 2 of 2"):
-        runner.select_shard([], 2, 2)
+        batch.select_shard([], 2, 2)
 
 
 def test_abort_mid_run_leaves_no_file(images, tmp_path, monkeypatch):
     calls = []
-    real = runner.discover_batch
+    real = batch.discover_batch
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -200,7 +208,7 @@ def test_abort_mid_run_leaves_no_file(images, tmp_path, monkeypatch):
             raise KeyboardInterrupt  # as a killed job: not an error the CLI handles
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "discover_batch", failing)
+    monkeypatch.setattr(batch, "discover_batch", failing)
     out = tmp_path / "out" / "shard.h5"
     with pytest.raises(KeyboardInterrupt):
         _discover(images[0], out)
@@ -229,12 +237,13 @@ def _records(folder: Path, sizes, **kwargs) -> list[dict]:
     _write_images(folder, sizes)
     records = open_dataset({"kind": "folder", "root": str(folder)}).records()
     model = vit.load_backbone(BACKBONE)
-    models = runner.Backbones(model, model)
-    settings = runner.DiscoverSettings(
-        resize=kwargs.pop("resize", 32), heads=3, feature=kwargs.pop("feature", "crop")
+    models = vit.Backbones(model, model)
+    settings = batch.DiscoverSettings.from_config(
+        defaults("discover")
+        | {"resize": kwargs.pop("resize", 32), "heads": 3, "feature": kwargs.pop("feature", "crop")}
     )
     return list(
-        runner.discover_records(
+        batch.discover_records(
             records, models, settings, device=torch.device("cpu"), progress=False, **kwargs
         )
     )
@@ -256,13 +265,13 @@ def test_empty_mask_is_flagged_with_a_whole_image_feature(tmp_path, monkeypatch)
     def nothing(q, k, grid_shape, **settings):
         return np.zeros(grid_shape, dtype=bool), 0
 
-    monkeypatch.setattr(runner.discover, "object_mask", nothing)
+    monkeypatch.setattr(batch, "object_mask", nothing)
     (record,) = _records(tmp_path / "a", [(40, 56)])
     assert record["empty"] and record["box"] == (0, 0, 0, 0) and record["source"] == 0
     model = vit.load_backbone(BACKBONE)
     image = np.asarray(Image.open(tmp_path / "a" / "img0.png"))
     with torch.inference_mode():
-        whole = vit.cls_features(model, vit.preprocess_full(image, 8)[None])[0]
+        whole = vit.cls_features(model, vit.preprocess_full(image, 8, IMAGENET)[None])[0]
     np.testing.assert_allclose(record["feature"], whole.numpy(), atol=1e-5)
 
 
@@ -292,21 +301,21 @@ def test_batched_equals_one_image_at_a_time(tmp_path):
     ],
 )
 def test_predicted_bucket_shape_is_the_real_input_shape(size, resize, patch):
-    tensor, _ = vit.preprocess(np.zeros((*size, 3), dtype=np.uint8), resize, patch)
-    assert runner.padded_shape(size, resize, patch) == tuple(tensor.shape[1:])
+    tensor, _ = vit.preprocess(np.zeros((*size, 3), dtype=np.uint8), resize, patch, IMAGENET)
+    assert batch.padded_shape(size, resize, patch) == tuple(tensor.shape[1:])
 
 
 def test_bucket_batches_group_equal_shapes_in_name_order():
     shapes = [(16, 24), (24, 16), (16, 24), (16, 24), (24, 16)]
     names = ["e", "d", "c", "b", "a"]
-    assert runner.bucket_batches(shapes, names, 2) == [[3, 2], [0], [4, 1]]
-    flat = [i for batch in runner.bucket_batches(shapes, names, 1) for i in batch]
+    assert bucket_batches(shapes, names, 2) == [[3, 2], [0], [4, 1]]
+    flat = [i for batch in bucket_batches(shapes, names, 1) for i in batch]
     assert flat == [3, 2, 0, 4, 1]
 
 
 def test_bad_settings_fail_before_any_work(images, tmp_path):
     with pytest.raises(ValueError, match="topk"):
-        runner.DiscoverSettings(topk=0)
+        batch.DiscoverSettings.from_config(defaults("discover") | {"topk": 0})
     with pytest.raises(SystemExit):
         _discover(images[0], tmp_path / "x.h5", "--shard", "3", "--num-shards", "2")
     with pytest.raises(SystemExit):
@@ -322,6 +331,8 @@ def test_workflow_reruns_only_a_missing_shard(repo, images, tmp_path):
     # the demo's checkpoint path is relative to the checkout; this run's directory is tmp_path
     config["discover"]["backbone"] = str(repo / config["discover"]["backbone"])
 
+    fast_path = f"{no_slurm_client(tmp_path / '.no-slurm')}{os.pathsep}{os.environ['PATH']}"
+
     def scheduled() -> list[str]:
         (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
         result = subprocess.run(
@@ -330,6 +341,7 @@ def test_workflow_reruns_only_a_missing_shard(repo, images, tmp_path):
             capture_output=True,
             text=True,
             timeout=300,
+            env={**os.environ, "PATH": fast_path},
         )
         assert result.returncode == 0, result.stderr
         return re.findall(r"output: (\S+shard-\d+-of-\d+\.h5)", result.stdout + result.stderr)

@@ -13,9 +13,10 @@ Token layout of every token tensor: ``[CLS, registers (R, DINOv2 only), patches 
 
 from __future__ import annotations
 
-import argparse
+import logging
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,19 +25,24 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
-from safetensors.torch import load_file
 from timm.models import VisionTransformer
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from maskdistill.models.checkpoint import load_strict, read_checkpoint
+from maskdistill.models.norm import IMAGENET, Normalization
+from maskdistill.models.specs import looks_like_path
+
+log = logging.getLogger(__name__)
 
 # default number of attention heads per embedding width (DINO ViT-T/S/B, ViT-L)
 DEFAULT_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16}
 
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
-
 # defaults of a ``random:`` spec; ``heads`` defaults from the width
 RANDOM_DEFAULTS = {"patch": 16, "width": 192, "depth": 4, "seed": 0, "img": 224, "reg": 0}
+RANDOM_BACKBONE_WARNING = (
+    "backbone %r is a random-initialised ViT: masks from a random ViT are noise (the demo "
+    "only shows the mechanics). For real runs set discover.backbone to "
+    "vit_small_patch16_224.dino (or vit_small_patch8_224.dino, or a DINO checkpoint path)"
+)
 
 
 def load_backbone(
@@ -71,17 +77,49 @@ def load_backbone(
         model = _random_backbone(spec, num_heads)
     elif Path(spec).is_file():
         model = _checkpoint_backbone(Path(spec), num_heads)
-    elif _looks_like_path(spec):
+    elif looks_like_path(spec):
         raise FileNotFoundError(f"backbone checkpoint not found: {spec}")
     else:
         model = _timm_backbone(spec, pretrained, num_heads)
+    if not getattr(model, "pretrained_cfg", None):  # built here, not by timm: DINO's statistics
+        model.pretrained_cfg = {"mean": IMAGENET.mean, "std": IMAGENET.std}
     model.eval().requires_grad_(False)
     return model.to(device)
 
 
-def _looks_like_path(spec: str) -> bool:
-    """A file name rather than a timm model name (timm names may be ``hf-hub:org/name``)."""
-    return spec.endswith(CHECKPOINT_SUFFIXES) or ("/" in spec and not spec.startswith("hf-hub:"))
+def normalization(model: VisionTransformer) -> Normalization:
+    """The input normalisation of the model's weights (timm's pretrained config, else ImageNet)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return Normalization(
+        mean=tuple(cfg.get("mean", IMAGENET.mean)), std=tuple(cfg.get("std", IMAGENET.std))
+    )
+
+
+@dataclass
+class Backbones:
+    """The mask backbone and the clustering-feature backbone (possibly the same module)."""
+
+    backbone: VisionTransformer
+    feature: VisionTransformer
+
+
+def load_backbones(
+    spec: str,
+    feature_spec: str,
+    *,
+    pretrained: bool,
+    num_heads: int | None,
+    device: torch.device,
+) -> Backbones:
+    """Load both backbones (``feature_spec`` "same" or equal to ``spec``: one shared model)."""
+    for name in (spec, feature_spec):
+        if name.startswith("random:"):
+            log.warning(RANDOM_BACKBONE_WARNING, name)
+    backbone = load_backbone(spec, pretrained=pretrained, num_heads=num_heads, device=device)
+    if feature_spec in ("same", spec):
+        return Backbones(backbone, backbone)
+    feature = load_backbone(feature_spec, pretrained=pretrained, device=device)
+    return Backbones(backbone, feature)
 
 
 def _timm_backbone(name: str, pretrained: bool, num_heads: int | None) -> VisionTransformer:
@@ -140,20 +178,6 @@ def _default_heads(width: int, source: str) -> int:
     return DEFAULT_HEADS[width]
 
 
-def _read_checkpoint(path: Path) -> dict:
-    """The raw object of a checkpoint file (safe loading only: tensors, dicts, argparse args)."""
-    try:
-        if path.suffix == ".safetensors":
-            return load_file(str(path))
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # any failure to unpickle means: not a usable checkpoint
-        raise ValueError(f"{path}: not a readable checkpoint ({error})") from error
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: not a checkpoint (holds a {type(obj).__name__}, not a dict)")
-    return obj
-
-
 def checkpoint_filter_fn(state_dict: dict) -> dict[str, torch.Tensor]:
     """Turn any supported checkpoint object into a timm VisionTransformer state dict.
 
@@ -182,14 +206,14 @@ def checkpoint_filter_fn(state_dict: dict) -> dict[str, torch.Tensor]:
 
 def _checkpoint_backbone(path: Path, num_heads: int | None) -> VisionTransformer:
     """A ViT whose architecture is inferred from the checkpoint's weights, loaded strictly."""
-    state_dict = checkpoint_filter_fn(_read_checkpoint(path))
+    state_dict = checkpoint_filter_fn(read_checkpoint(path))
     if "patch_embed.proj.weight" not in state_dict:
         raise ValueError(
             f"{path}: not a ViT checkpoint (no patch_embed.proj.weight among "
             f"{len(state_dict)} tensors)"
         )
     model = _build_vit(str(path), **_architecture(state_dict, num_heads, path))
-    _load_strict(model, state_dict, path)
+    load_strict(model, state_dict, str(path))
     return model
 
 
@@ -228,32 +252,6 @@ def _is_square(n: int) -> bool:
     return n > 0 and math.isqrt(n) ** 2 == n
 
 
-def _load_strict(model: VisionTransformer, state_dict: dict, path: Path) -> None:
-    """Load every tensor or raise ValueError listing missing, unexpected and mis-shaped keys."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    shapes = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-        for k, v in state_dict.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    if missing or unexpected or shapes:
-        raise ValueError(
-            f"{path}: weights do not fit the inferred ViT; missing keys: {_listing(missing)}; "
-            f"unexpected keys: {_listing(unexpected)}; shape mismatches: {_listing(shapes)}"
-        )
-    model.load_state_dict(state_dict, strict=True)
-
-
-def _listing(items: list[str], limit: int = 20) -> str:
-    """At most ``limit`` items, comma separated, with a count of the rest."""
-    if not items:
-        return "none"
-    more = f" ... ({len(items) - limit} more)" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more
-
-
 def num_prefix_tokens(model: VisionTransformer) -> int:
     """Tokens before the patches: CLS plus registers."""
     return model.num_prefix_tokens
@@ -265,9 +263,9 @@ def patch_size(model: VisionTransformer) -> int:
 
 
 def preprocess(
-    image: np.ndarray, resize: int | None, patch: int
+    image: np.ndarray, resize: int | None, patch: int, norm: Normalization
 ) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Reference preprocessing: resize, ToTensor, ImageNet normalisation, zero padding.
+    """Reference preprocessing: resize, ToTensor, normalisation, zero padding.
 
     Args:
         image: (H, W, 3) uint8 RGB.
@@ -275,6 +273,7 @@ def preprocess(
             ``resize``, longer side ``int(long * resize / short)``, PIL bilinear); None keeps
             the size.
         patch: P; the result is zero-padded bottom/right to multiples of P (at least one patch).
+        norm: the backbone's normalisation (:func:`normalization`; DINO: ImageNet's).
 
     Returns:
         (3, Hp, Wp) float32 tensor and the (H', W') size after resizing, before padding.
@@ -284,13 +283,13 @@ def preprocess(
     pil = Image.fromarray(image)
     if resize is not None:
         pil = TF.resize(pil, resize)
-    tensor = TF.normalize(TF.to_tensor(pil), IMAGENET_MEAN, IMAGENET_STD)
+    tensor = TF.normalize(TF.to_tensor(pil), list(norm.mean), list(norm.std))
     return pad_to_patch(tensor, patch), (pil.height, pil.width)
 
 
-def preprocess_full(image: np.ndarray, patch: int) -> torch.Tensor:
+def preprocess_full(image: np.ndarray, patch: int, norm: Normalization) -> torch.Tensor:
     """Full-resolution normalised (3, Hp, Wp) tensor of an (H, W, 3) uint8 image, padded to P."""
-    return preprocess(image, None, patch)[0]
+    return preprocess(image, None, patch, norm)[0]
 
 
 def pad_to_patch(tensor: torch.Tensor, patch: int) -> torch.Tensor:

@@ -1,16 +1,14 @@
 """Stage 1 core (pure): one object mask per image from the last block's q and k.
 
-``object_mask`` is METHOD.md stage 1, steps 1-8, as the authors' ``mask_generator``
-(wvangansbeke/MaskDistill, gen_masks.py) computes it, without building the N x N patch graph:
-G = sum_h K_h K_h^T is only needed in the source's row and in the sum of the seeds' rows, and
-those are dot products with the keys concatenated over all heads (the seeds' rows are summed as
-``(sum of the seeds' keys) . keys``: equal in exact arithmetic, so a patch can only differ from
-the N x N computation where its value is within float32 rounding of 0). All arithmetic runs in
-float32 on the CPU, so that ties (many patches are zeroed by the attention-mass filter) resolve
-through ``torch.topk`` the same way whatever device produced q and k.
-
-Also the pure helpers of the clustering feature (METHOD.md stage 2): ``crop_to_box`` and
-``mask_outside``.
+``object_mask`` is the method's stage 1, steps 1-8 (docs/method.md), as the authors'
+``mask_generator`` (wvangansbeke/MaskDistill, gen_masks.py) computes it, without building the
+N x N patch graph: G = sum_h K_h K_h^T is only needed in the source's row and in the sum of the
+seeds' rows, and those are dot products with the keys concatenated over all heads (the seeds'
+rows are summed as ``(sum of the seeds' keys) . keys``: equal in exact arithmetic, so a patch
+can only differ from the N x N computation where its value is within float32 rounding of 0).
+All arithmetic runs in float32 on the CPU, so that ties (many patches are zeroed by the
+attention-mass filter) resolve through ``torch.topk`` the same way whatever device produced q
+and k.
 """
 
 from __future__ import annotations
@@ -18,8 +16,6 @@ from __future__ import annotations
 import numpy as np
 import scipy.ndimage
 import torch
-
-from maskdistill.vit import pad_to_patch
 
 
 def cls_affinity(
@@ -61,13 +57,14 @@ def object_mask(
     q: torch.Tensor,
     k: torch.Tensor,
     grid_shape: tuple[int, int],
-    heads: int = 5,
-    topk: float = 0.4,
-    mass: float = 0.5,
+    *,
+    heads: int,
+    topk: float,
+    mass: float,
     center_keys: bool = False,
     num_prefix_tokens: int = 1,
 ) -> tuple[np.ndarray, int]:
-    """The object mask of ONE image on its patch grid (METHOD.md stage 1, steps 1-8).
+    """The object mask of ONE image on its patch grid (docs/method.md, stage 1, steps 1-8).
 
     Args:
         q, k: (heads_total, P0 + N, d) queries and keys of the last block, P0 =
@@ -117,13 +114,6 @@ def object_mask(
     return labels == source_label, source
 
 
-def object_masks(
-    q: torch.Tensor, k: torch.Tensor, grid_shape: tuple[int, int], **settings
-) -> list[tuple[np.ndarray, int]]:
-    """``object_mask`` for each image of a batch: q, k (B, heads_total, P0 + N, d)."""
-    return [object_mask(qi, ki, grid_shape, **settings) for qi, ki in zip(q, k, strict=True)]
-
-
 def _check_qk(q: torch.Tensor, k: torch.Tensor, heads: int, num_prefix_tokens: int) -> None:
     if q.ndim != 3 or q.shape != k.shape:
         raise ValueError(
@@ -133,35 +123,3 @@ def _check_qk(q: torch.Tensor, k: torch.Tensor, heads: int, num_prefix_tokens: i
         raise ValueError(f"heads={heads}, but the backbone's last block has {q.shape[0]} heads")
     if q.shape[1] <= num_prefix_tokens:
         raise ValueError(f"q/k have {q.shape[1]} tokens: no patch after {num_prefix_tokens}")
-
-
-def crop_to_box(image: torch.Tensor, box: tuple[int, int, int, int], patch: int) -> torch.Tensor:
-    """Crop a normalised (3, H, W) image to box (x, y, w, h), zero-padded to multiples of P.
-
-    The reference clustering feature's input (``feature: crop``).
-
-    Returns:
-        (3, h', w') with h' >= h, w' >= w the next multiples of ``patch``.
-    """
-    x, y, w, h = (int(v) for v in box)
-    if w <= 0 or h <= 0:
-        raise ValueError(f"cannot crop to an empty box {box}")
-    return pad_to_patch(image[:, y : y + h, x : x + w], patch)
-
-
-def mask_outside(image: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
-    """The image with every pixel outside ``mask`` set to 0 (``feature: masked``).
-
-    Args:
-        image: (3, Hp, Wp) normalised, possibly zero-padded beyond the mask's (H, W).
-        mask: (H, W) bool, H <= Hp, W <= Wp.
-
-    Returns:
-        (3, Hp, Wp); the padding stays 0.
-    """
-    height, width = mask.shape
-    if height > image.shape[-2] or width > image.shape[-1]:
-        raise ValueError(f"mask {mask.shape} is larger than the image {tuple(image.shape[-2:])}")
-    keep = torch.zeros(image.shape[-2:], dtype=torch.bool, device=image.device)
-    keep[:height, :width] = torch.from_numpy(np.asarray(mask, dtype=bool)).to(image.device)
-    return image * keep

@@ -1,0 +1,195 @@
+"""Scoring stage outputs against a dataset's ground truth (the metrics are :mod:`.metrics`).
+
+Predictions are joined with the ground truth by ``file_name``. Every function takes the dataset
+(:class:`maskdistill.data.Dataset`) and the images to score; none reads a prediction file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from maskdistill.data import Dataset, ImageRecord
+from maskdistill.masks import decode_rle
+from maskdistill.metrics import box_class, confusion_matrix, corloc_hit, match_labels
+from maskdistill.progress import Progress
+from maskdistill.provenance import provenance
+
+
+def report(title: str, splits: Sequence[str] | None, num_images: int, dataset: dict) -> dict:
+    """The fields every metrics JSON shares (data/README.md, "Metrics JSON")."""
+    return {
+        "title": title,
+        "split": " ".join(splits or []),
+        "num_images": num_images,
+        "summary": {},
+        "dataset": dataset,
+        "provenance": provenance(),
+    }
+
+
+def gt_boxes(dataset: Dataset, record: ImageRecord) -> tuple[np.ndarray, list[int]]:
+    """Ground-truth boxes (M, 4) as (x, y, w, h) and their class labels 1..C."""
+    boxes = dataset.boxes(record)
+    coords = np.array([(b.x, b.y, b.w, b.h) for b in boxes], dtype=float).reshape(-1, 4)
+    return coords, [b.label for b in boxes]
+
+
+@dataclass
+class CorLoc:
+    """CorLoc of one box per image: ``hits / scored``."""
+
+    hits: int
+    scored: int
+    missing: list[str]  # images without a predicted box (counted as misses)
+    without_boxes: list[str]  # images without a ground-truth box (not scored)
+
+    @property
+    def value(self) -> float:
+        return self.hits / self.scored
+
+
+def corloc(
+    dataset: Dataset, records: Sequence[ImageRecord], boxes: Mapping[str, Sequence[int]]
+) -> CorLoc:
+    """CorLoc of ``boxes`` (file name -> (x, y, w, h)) over ``records``.
+
+    Raises ValueError when no image has a ground-truth box.
+    """
+    hits, missing, without_boxes = 0, [], []
+    with Progress(len(records), "CorLoc", "images") as bar:
+        for record in records:
+            coords, _ = gt_boxes(dataset, record)
+            if not len(coords):
+                without_boxes.append(record.file_name)
+            elif record.file_name not in boxes:
+                missing.append(record.file_name)
+            else:
+                hits += corloc_hit(boxes[record.file_name], coords)
+            bar.update()
+    scored = len(records) - len(without_boxes)
+    if not scored:
+        raise ValueError(f"{dataset.image_root}: no image to score has a ground-truth box")
+    return CorLoc(hits, scored, missing, without_boxes)
+
+
+def index_annotations(coco: Mapping[str, Any], source: str) -> tuple[dict[str, list[dict]], int]:
+    """file name -> the image's annotations (JSON order), and the number of categories.
+
+    Checks that every ``category_id`` lies in 1..number of categories.
+
+    Raises:
+        ValueError: naming ``source`` (the JSON's path) for a malformed COCO dict.
+    """
+    try:
+        names = {image["id"]: image["file_name"] for image in coco["images"]}
+        num_categories = len(coco["categories"])
+        by_name: dict[str, list[dict]] = {name: [] for name in names.values()}
+        for ann in coco["annotations"]:
+            if not 1 <= ann["category_id"] <= num_categories:
+                raise ValueError(
+                    f"{source}: annotation {ann.get('id')} has category_id {ann['category_id']}, "
+                    f"expected 1..{num_categories} (1 + cluster index)"
+                )
+            by_name[names[ann["image_id"]]].append(ann)
+        return by_name, num_categories
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{source}: not a COCO instances JSON ({error!r} missing)") from error
+
+
+def one_per_image(annotations: Mapping[str, list[dict]], source: str) -> dict[str, dict]:
+    """file name -> the image's single annotation (images without one are left out).
+
+    Raises ValueError naming ``source`` when an image has more than one (stage 2 writes one).
+    """
+    single = {}
+    for name, anns in annotations.items():
+        if len(anns) > 1:
+            raise ValueError(f"{source}: image {name!r} has more than one annotation")
+        if anns:
+            single[name] = anns[0]
+    return single
+
+
+def annotation_mask(ann: Mapping[str, Any], record: ImageRecord, source: str) -> np.ndarray:
+    """The bool (H, W) mask of an annotation, checked against the image's size."""
+    mask = decode_rle(ann["segmentation"])
+    if mask.shape != (record.height, record.width):
+        raise ValueError(
+            f"{source}: mask of {record.file_name!r} is {mask.shape}, the image "
+            f"{(record.height, record.width)}"
+        )
+    return mask
+
+
+def semantic_confusion(
+    dataset: Dataset,
+    records: Iterable[ImageRecord],
+    label_map: Callable[[ImageRecord], np.ndarray],
+    num_labels: int,
+    desc: str = "mIoU",
+) -> tuple[np.ndarray, int]:
+    """The pixel confusion matrix (C + 1, num_labels) of predicted label maps, and images scored.
+
+    Args:
+        label_map: the (H, W) predicted labels 0..num_labels - 1 of an image.
+        num_labels: K' + 1 (background and the predicted labels).
+
+    Images without semantic ground truth are left out.
+    """
+    records = list(records)
+    num_classes = 1 + len(dataset.class_names)
+    confusion = np.zeros((num_classes, num_labels), np.int64)
+    scored = 0
+    with Progress(len(records), desc, "images") as bar:
+        for record in records:
+            gt = dataset.semantic_labels(record)
+            bar.update()
+            if gt is None:
+                continue
+            pred = label_map(record)
+            if gt.shape != pred.shape:
+                raise ValueError(
+                    f"{record.file_name}: ground truth {gt.shape}, prediction {pred.shape}"
+                )
+            confusion += confusion_matrix(gt, pred, num_classes, num_labels)
+            scored += 1
+    return confusion, scored
+
+
+def object_pairs(
+    dataset: Dataset, records: Iterable[ImageRecord], annotations: Mapping[str, dict]
+) -> tuple[list[int], list[int]]:
+    """(cluster index, class index 0..C-1) of every annotated image with ground-truth boxes.
+
+    A mask's class is the class of the ground-truth box with the highest IoU with its box.
+    """
+    clusters, classes = [], []
+    for record in records:
+        ann = annotations.get(record.file_name)
+        coords, labels = gt_boxes(dataset, record)
+        if ann is not None and labels:
+            clusters.append(ann["category_id"] - 1)
+            classes.append(box_class(ann["bbox"], coords, labels) - 1)
+    return clusters, classes
+
+
+def object_label_mapping(
+    dataset: Dataset, annotations: Mapping[str, dict], num_clusters: int, source: str
+) -> np.ndarray:
+    """Class of every label (0 background, k + 1 cluster k) from the object-level matching.
+
+    The dataset's images vote: each annotated image's cluster against the class of its
+    best-overlapping ground-truth box; Hungarian when K' <= C, majority vote when K' > C (as
+    the reference's clustering script). Returns int64 (K' + 1,).
+    """
+    clusters, classes = object_pairs(dataset, dataset.records(), annotations)
+    if not clusters:
+        raise ValueError(f"{source}: no annotated image of the matching images has a box")
+    counts = confusion_matrix(
+        np.array(classes), np.array(clusters), len(dataset.class_names), num_clusters
+    )
+    return np.concatenate([[0], match_labels(counts) + 1])

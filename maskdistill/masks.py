@@ -1,0 +1,209 @@
+"""Masks, the way every stage stores and combines them: boxes, RLE, COCO annotations, label maps.
+
+Conventions (data/README.md):
+
+- a mask is a bool (H, W) array; a box is (x, y, w, h) in pixels with exclusive ends (it covers
+  columns x .. x + w - 1);
+- RLE is pycocotools' compressed encoding of the Fortran-ordered uint8 mask, made JSON-ready as
+  ``{"size": [H, W], "counts": str}``;
+- a label map is (H, W) uint8: 0 background, 1..K classes or clusters, ``IGNORE`` (255) where the
+  ground truth says "do not score"; it is saved as a palette PNG with the PASCAL VOC colours.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from maskdistill.images import BadImageError, pillow_errors
+from maskdistill.io import atomic_path
+
+IGNORE = 255
+"""Label of pixels that no metric scores (VOC's object boundaries, COCO's crowd regions)."""
+
+OVERLAPS = ("skip", "overwrite", "fill")
+"""How :func:`paint_label_map` treats a mask that meets pixels painted before it."""
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Tight box (x, y, w, h) of a bool (H, W) mask in pixels; (0, 0, 0, 0) when empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return (0, 0, 0, 0)
+    return (int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1))
+
+
+def upsample_grid_mask(
+    grid_mask: np.ndarray,
+    patch_size: int,
+    resized_size: tuple[int, int],
+    image_size: tuple[int, int],
+) -> np.ndarray:
+    """A patch-grid mask at image resolution, as the reference code does it.
+
+    Nearest upsampling by ``patch_size`` (h, w) -> (h P, w P), crop to the resized image
+    ``resized_size`` (H', W') (dropping the zero padding), nearest resize to the original
+    ``image_size`` (H, W). Returns bool (H, W).
+    """
+    full = np.repeat(np.repeat(grid_mask.astype(np.uint8), patch_size, 0), patch_size, 1)
+    full = full[: resized_size[0], : resized_size[1]]
+    if tuple(full.shape) != tuple(image_size):
+        resized = Image.fromarray(full).resize(
+            (image_size[1], image_size[0]), resample=Image.Resampling.NEAREST
+        )
+        full = np.asarray(resized)
+    return full.astype(bool)
+
+
+def encode_rle(mask: np.ndarray) -> dict[str, Any]:
+    """JSON-ready compressed RLE ``{"size": [H, W], "counts": str}`` of a bool (H, W) mask."""
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def _pycocotools_rle(rle: dict[str, Any]) -> dict[str, Any]:
+    """A JSON RLE as pycocotools takes it (``counts`` as bytes)."""
+    counts = rle["counts"]
+    return {
+        "size": list(rle["size"]),
+        "counts": counts.encode() if isinstance(counts, str) else counts,
+    }
+
+
+def decode_rle(rle: dict[str, Any]) -> np.ndarray:
+    """The bool (H, W) mask of a compressed RLE (``counts`` as str or bytes)."""
+    return mask_utils.decode(_pycocotools_rle(rle)).astype(bool)
+
+
+def rle_area_and_box(rle: dict[str, Any]) -> tuple[int, list[int]]:
+    """Pixel count and tight box [x, y, w, h] (ints) of a compressed RLE."""
+    encoded = _pycocotools_rle(rle)
+    return int(mask_utils.area(encoded)), [int(v) for v in mask_utils.toBbox(encoded)]
+
+
+def mask_annotation(
+    mask: np.ndarray,
+    *,
+    annotation_id: int,
+    image_id: int,
+    category_id: int,
+    score: float = 1.0,
+) -> dict[str, Any]:
+    """One COCO instance annotation of a bool (H, W) mask; area and bbox come from its RLE.
+
+    bbox is [x, y, w, h] in pixels (tight box of the mask), iscrowd 0.
+    """
+    rle = encode_rle(mask)
+    area, box = rle_area_and_box(rle)
+    return {
+        "id": annotation_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "segmentation": rle,
+        "area": area,
+        "bbox": box,
+        "iscrowd": 0,
+        "score": float(score),
+    }
+
+
+def paint_label_map(
+    shape: tuple[int, int],
+    masks: Iterable[tuple[np.ndarray, int]],
+    overlap: str = "overwrite",
+) -> np.ndarray:
+    """Paint (mask, label) pairs in the given order onto an all-zero (H, W) uint8 map.
+
+    Args:
+        shape: (H, W) of the map; every mask must have it.
+        masks: bool (H, W) masks with labels >= 1, in painting order (e.g. descending score).
+        overlap: what a mask does where pixels were painted before it:
+            ``skip``: a mask touching any painted pixel is left out entirely (MaskDistill's
+            selection, as the paper describes it);
+            ``overwrite``: it paints over them (the reference selection code in practice);
+            ``fill``: it paints only the unpainted pixels (the earlier mask wins pixel by pixel).
+
+    Returns:
+        (H, W) int32, 0 where no mask was painted (label PNGs hold labels up to 254).
+    """
+    if overlap not in OVERLAPS:
+        raise ValueError(f"overlap: expected one of {OVERLAPS}, got {overlap!r}")
+    labels = np.zeros(shape, dtype=np.int32)
+    painted = np.zeros(shape, dtype=bool)
+    for mask, label in masks:
+        if mask.shape != tuple(shape):
+            raise ValueError(f"mask of shape {mask.shape} does not fit the label map {shape}")
+        if label < 1:
+            raise ValueError(f"label {label}: painted labels start at 1 (0 is background)")
+        if overlap == "skip" and (painted & mask).any():
+            continue
+        target = mask & ~painted if overlap == "fill" else mask
+        labels[target] = label
+        painted |= mask
+    return labels
+
+
+def voc_palette() -> list[int]:
+    """The PASCAL VOC colour map: 256 RGB triples (768 ints), index 255 is (224, 224, 192)."""
+    palette = []
+    for index in range(256):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def write_label_png(path: str | os.PathLike, labels: np.ndarray) -> None:
+    """Save an (H, W) label map (values 0..255) as a palette PNG with the VOC colours, atomically.
+
+    The full 256-entry palette is written, so that every reader gets the indices back unchanged.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.size and (labels.min() < 0 or labels.max() > IGNORE):
+        raise ValueError(f"{path}: a label map must be (H, W) with values 0..{IGNORE}")
+    image = Image.fromarray(labels.astype(np.uint8))  # mode L; putpalette makes it P
+    image.putpalette(voc_palette())
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def read_label_png(path: str | os.PathLike) -> np.ndarray:
+    """Read a label PNG as its raw indices, without any colour conversion.
+
+    Args:
+        path: a palette (``P``) or grayscale (``L``) PNG, e.g. VOC SegmentationClass.
+
+    Returns:
+        (H, W) uint8 array of the stored indices (no EXIF orientation applied).
+
+    Raises:
+        BadImageError: the file cannot be read, or stores colours instead of indices.
+    """
+    with pillow_errors(path), Image.open(path) as image:
+        if image.mode not in ("P", "L"):
+            raise BadImageError(
+                path,
+                f"expected a palette (P) or grayscale (L) PNG of label indices, got mode "
+                f"{image.mode}",
+            )
+        return np.array(image)
+
+
+def label_png_path(folder: str | os.PathLike, file_name: str) -> Path:
+    """Where a stage writes the label PNG of image ``file_name``: ``folder/<file_name stem>.png``.
+
+    Sub-folders of ``file_name`` (folder datasets) are kept, so names never collide.
+    """
+    return Path(folder) / Path(file_name).with_suffix(".png")

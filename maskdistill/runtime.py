@@ -1,0 +1,53 @@
+"""Where and how a stage computes: device choice, mixed-precision autocast, CPU threads."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
+    if name not in DEVICES:
+        raise ValueError(f"device: expected one of {DEVICES}, got {name!r}")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda: no CUDA GPU is available (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def check_precision(precision: str) -> None:
+    """Raise ValueError unless ``precision`` is one of :data:`PRECISIONS`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {tuple(PRECISIONS)}, got {precision!r}")
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast to fp16/bf16 on ``device``, or nothing for fp32."""
+    check_precision(precision)
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def training_precision(device: torch.device, amp: bool) -> str:
+    """The autocast precision of a training loop: fp16 with ``amp`` on CUDA, else fp32.
+
+    Mixed precision pays on GPUs only; on the CPU training stays in fp32 (and exactly
+    reproducible).
+    """
+    return "fp16" if amp and device.type == "cuda" else "fp32"
+
+
+def set_threads(threads: int | None) -> None:
+    """Limit torch's CPU threads (None leaves torch's default)."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads: expected >= 1, got {threads}")
+        torch.set_num_threads(threads)
