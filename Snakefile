@@ -13,12 +13,17 @@ include: "rules/demo_data.smk"
 include: "rules/pretrain.smk"
 include: "rules/discover.smk"
 include: "rules/cluster.smk"
+include: "rules/distill.smk"
+include: "rules/select.smk"
+include: "rules/segment.smk"
 include: "rules/evaluate.smk"
 
 
 # cheap steps run where Snakemake runs, never as cluster jobs
 localrules:
     all,
+    distill_merge,
+    evaluate_ablation,
     evaluate_table,
 
 

@@ -6,14 +6,18 @@ Predictions are joined with the ground truth by ``file_name``. Every function ta
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from maskdistill.data import Dataset, ImageRecord
-from maskdistill.masks import decode_rle
+from maskdistill.masks import decode_rle, mask_annotation
 from maskdistill.metrics import box_class, confusion_matrix, corloc_hit, match_labels
 from maskdistill.progress import Progress
 from maskdistill.provenance import provenance
@@ -193,3 +197,79 @@ def object_label_mapping(
         np.array(classes), np.array(clusters), len(dataset.class_names), num_clusters
     )
     return np.concatenate([[0], match_labels(counts) + 1])
+
+
+def instance_ground_truth(dataset: Dataset, records: Sequence[ImageRecord]) -> dict[str, Any]:
+    """The class-agnostic instance ground truth of ``records`` as a COCO dict.
+
+    Every ground-truth instance mask becomes one annotation of the single category 1
+    ("object"); image ids are the records' positions.
+    """
+    images, annotations = [], []
+    for image_id, record in enumerate(records):
+        images.append(
+            {
+                "id": image_id,
+                "file_name": record.file_name,
+                "height": record.height,
+                "width": record.width,
+            }
+        )
+        for mask, _ in dataset.instance_masks(record):
+            annotations.append(
+                mask_annotation(
+                    mask, annotation_id=len(annotations) + 1, image_id=image_id, category_id=1
+                )
+            )
+    categories = [{"id": 1, "name": "object", "supercategory": "object"}]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def mask_ap50(ground_truth: Mapping[str, Any], predictions: Iterable[Mapping[str, Any]]) -> float:
+    """Class-agnostic mask AP at IoU 0.5 (pycocotools COCOeval, segm, up to 100 per image).
+
+    Args:
+        ground_truth: from :func:`instance_ground_truth`.
+        predictions: COCO results entries; joined to the ground truth by ``file_name`` (their
+            ``image_id`` and ``category_id`` are replaced); images the ground truth lacks are
+            left out.
+
+    Returns:
+        AP50 in [0, 1]; 0 without predictions.
+    """
+    ids = {image["file_name"]: image["id"] for image in ground_truth["images"]}
+    results = [
+        {**p, "image_id": ids[p["file_name"]], "category_id": 1}
+        for p in predictions
+        if p["file_name"] in ids
+    ]
+    if not results or not ground_truth["annotations"]:
+        return 0.0
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        gt = COCO()
+        gt.dataset = {k: list(v) for k, v in ground_truth.items()}
+        gt.createIndex()
+        evaluator = COCOeval(gt, gt.loadRes(results), iouType="segm")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return float(max(evaluator.stats[1], 0.0))  # stats[1]: AP at IoU 0.50, all areas
+
+
+def most_confident(predictions: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The single best-scoring prediction of each image (the "single" protocol)."""
+    best: dict[str, Mapping[str, Any]] = {}
+    for p in predictions:
+        if p["file_name"] not in best or p["score"] > best[p["file_name"]]["score"]:
+            best[p["file_name"]] = p
+    return list(best.values())
+
+
+def by_image(predictions: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """file name -> the image's predictions in descending score."""
+    grouped: dict[str, list[Mapping[str, Any]]] = {}
+    for p in predictions:
+        grouped.setdefault(p["file_name"], []).append(p)
+    for group in grouped.values():
+        group.sort(key=lambda p: -p["score"])
+    return grouped

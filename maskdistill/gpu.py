@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -109,19 +110,35 @@ def acquire(
             os.close(fd)  # closing the descriptor releases the flock
 
 
+def torchrun_command(command: Sequence[str], processes: int) -> list[str]:
+    """``maskdistill ARGS`` as ``python -m torch.distributed.run`` of ``processes`` processes.
+
+    One process per GPU, on this node (``--standalone``: a free rendezvous port of its own).
+    """
+    if not command or Path(command[0]).name != "maskdistill":
+        raise ValueError(f"gpu-run --distributed runs maskdistill commands, not {command[:1]}")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return [*launcher, f"--nproc_per_node={processes}", "-m", "maskdistill", *command[1:]]
+
+
 def run_pinned(
     command: Sequence[str],
     gpus: int,
     lock_dir: str | os.PathLike,
     environ: Mapping[str, str] | None = None,
+    distributed: bool = False,
 ) -> int:
     """Run ``command`` on ``gpus`` devices of its own; return its exit status.
 
     ``CUDA_VISIBLE_DEVICES`` is set to the held indices (comma-separated) unless nothing needs
     pinning (see the module docstring); the command's environment is otherwise unchanged.
+    With ``distributed`` and more than one GPU the command runs as one DDP process per GPU
+    (:func:`torchrun_command`).
     """
     if not command:
         raise ValueError("gpu-run: no command given (usage: maskdistill gpu-run -- CMD ...)")
+    if distributed and gpus > 1:
+        command = torchrun_command(command, gpus)
     env = dict(os.environ if environ is None else environ)
     total = device_count(env)
     if gpus == 0 or total == 0 or already_pinned(env):

@@ -118,6 +118,7 @@ def paint_label_map(
     shape: tuple[int, int],
     masks: Iterable[tuple[np.ndarray, int]],
     overlap: str = "overwrite",
+    painted: list[bool] | None = None,
 ) -> np.ndarray:
     """Paint (mask, label) pairs in the given order onto an all-zero (H, W) uint8 map.
 
@@ -129,6 +130,8 @@ def paint_label_map(
             selection, as the paper describes it);
             ``overwrite``: it paints over them (the reference selection code in practice);
             ``fill``: it paints only the unpainted pixels (the earlier mask wins pixel by pixel).
+        painted: when given, receives for each mask whether it was painted (``skip`` leaves
+            some out).
 
     Returns:
         (H, W) int32, 0 where no mask was painted (label PNGs hold labels up to 254).
@@ -136,17 +139,20 @@ def paint_label_map(
     if overlap not in OVERLAPS:
         raise ValueError(f"overlap: expected one of {OVERLAPS}, got {overlap!r}")
     labels = np.zeros(shape, dtype=np.int32)
-    painted = np.zeros(shape, dtype=bool)
+    covered = np.zeros(shape, dtype=bool)
     for mask, label in masks:
         if mask.shape != tuple(shape):
             raise ValueError(f"mask of shape {mask.shape} does not fit the label map {shape}")
         if label < 1:
             raise ValueError(f"label {label}: painted labels start at 1 (0 is background)")
-        if overlap == "skip" and (painted & mask).any():
+        skipped = overlap == "skip" and bool((covered & mask).any())
+        if painted is not None:
+            painted.append(not skipped)
+        if skipped:
             continue
-        target = mask & ~painted if overlap == "fill" else mask
+        target = mask & ~covered if overlap == "fill" else mask
         labels[target] = label
-        painted |= mask
+        covered |= mask
     return labels
 
 

@@ -224,3 +224,57 @@ def metrics_markdown(reports: Sequence[Mapping[str, Any]]) -> str:
         header = ("class", *(f"{r['title']} IoU %" for r in with_classes))
         text += "\n## Per-class IoU\n\n" + markdown_table(header, class_rows)
     return text
+
+
+def ablation_rows(
+    reports: Sequence[Mapping[str, Any]], paper: Mapping[str, float] | None = None
+) -> list[dict[str, Any]]:
+    """The ablation table's rows: every report with an mIoU, in order, beside the paper's.
+
+    Each row: ``title``, ``split``, ``num_images``, ``miou`` (fraction), ``paper`` (the paper's
+    mIoU in percent for that title, or None), ``per_class_iou``. The last CRF round scored with
+    CRF is the paper's "stage 5 with CRF rounds" row.
+    """
+    titles = [r["title"] for r in reports]
+    rounds = [t for t in titles if ", CRF round" in t and t.endswith(" with CRF")]
+    rows = []
+    for report in reports:
+        miou = report["summary"].get("mIoU")
+        if miou is None and "mIoU" not in report["summary"]:
+            continue
+        key = report["title"]
+        if rounds and key == rounds[-1]:
+            key = "stage 5 with CRF rounds"
+        rows.append(
+            {
+                "title": report["title"],
+                "split": report.get("split", ""),
+                "num_images": report["num_images"],
+                "miou": miou,
+                "paper": None if paper is None else paper.get(key),
+                "per_class_iou": report.get("per_class_iou", {}),
+            }
+        )
+    return rows
+
+
+def ablation_markdown(rows: Sequence[Mapping[str, Any]], paper_name: str | None) -> str:
+    """The ablation table (and its per-class IoU) as Markdown, values in percent."""
+    header = ["row", "split", "images", "mIoU %"] + (
+        [f"paper ({paper_name}) %"] if paper_name else []
+    )
+    body = []
+    for row in rows:
+        cells = [row["title"], row["split"], row["num_images"], _percent(row["miou"])]
+        if paper_name:
+            cells.append("" if row["paper"] is None else f"{row['paper']:.1f}")
+        body.append(cells)
+    text = "## Ablation: semantic mIoU of every stage\n\n" + markdown_table(header, body)
+    names = list(rows[0]["per_class_iou"]) if rows else []
+    if names:
+        class_rows = [
+            (name, *(_percent(r["per_class_iou"].get(name)) for r in rows)) for name in names
+        ]
+        header = ("class", *(r["title"] for r in rows))
+        text += "\n## Per-class IoU %\n\n" + markdown_table(header, class_rows)
+    return text

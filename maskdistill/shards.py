@@ -137,6 +137,13 @@ def shard_of(file_name: str, num_shards: int) -> int:
     return zlib.crc32(file_name.encode("utf-8")) % num_shards
 
 
+def select_shard(records: Sequence[Any], shard: int, num_shards: int) -> list[Any]:
+    """The records (anything with a ``file_name``) of shard ``shard`` of ``num_shards``."""
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise ValueError(f"shard {shard} of {num_shards}: expected 0 <= shard < num_shards")
+    return [r for r in records if shard_of(r.file_name, num_shards) == shard]
+
+
 def write_shard(
     path: str | os.PathLike, records: Iterable[dict[str, Any]], attrs: dict[str, Any]
 ) -> int:

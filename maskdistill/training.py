@@ -13,10 +13,14 @@ A checkpoint is one ``torch.save`` dict written atomically: ``step`` (the next s
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
 import math
 import random
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,10 @@ import torch
 from torch import nn
 
 from maskdistill.io import atomic_path
+from maskdistill.progress import Progress
+from maskdistill.runtime import autocast
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -48,6 +56,17 @@ def seed_step(seed: int, step: int, rank: int = 0) -> None:
     sampling and scale choice), which draws from the global generators.
     """
     torch.manual_seed(int(np.random.default_rng([seed, step, 1, rank]).integers(2**62)))
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch's global generators seeded by ``seed``, restoring them after.
+
+    For building a network: its random initialisation is then a function of the seed.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def rng_state() -> dict[str, Any]:
@@ -155,6 +174,28 @@ def load_checkpoint(
     return payload
 
 
+def resume_files(
+    folder: str | Path, settings: Mapping[str, Any], main: bool = True
+) -> tuple[Path, Path]:
+    """The checkpoint and metrics log of a run with ``settings`` in a run's resume folder.
+
+    Their names hold a content key of ``settings`` (which include a digest of the training
+    data), so that a rerun after a kill resumes while a rerun after a change of settings or
+    data starts over; the files of earlier runs with other settings are removed (by the
+    ``main`` process only), with a log line.
+    """
+    folder = Path(folder)
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    checkpoint, metrics = folder / f"checkpoint-{key}.pth", folder / f"metrics-{key}.jsonl"
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in sorted(folder.glob("checkpoint-*.pth")) + sorted(folder.glob("metrics-*")):
+            if path not in (checkpoint, metrics):
+                log.info("removing %s: made with other settings or data; starting over", path)
+                path.unlink()
+    return checkpoint, metrics
+
+
 def restore_rng(payload: Mapping[str, Any]) -> None:
     """Restore the RNG states a checkpoint holds."""
     set_rng_state(payload["rng"])
@@ -222,6 +263,112 @@ def check_finite(losses: Mapping[str, torch.Tensor], step: int, stage: str) -> N
             f"{stage}: loss is not finite at step {step} ({bad}); lower the learning rate or "
             "check the training data"
         )
+
+
+NORM_LAYERS = (nn.GroupNorm, nn.LayerNorm, nn.modules.batchnorm._BatchNorm)
+
+
+def parameter_groups(
+    model: nn.Module, weight_decay: float, norm_decay: float | None = None
+) -> list[dict[str, Any]]:
+    """SGD parameter groups: trainable parameters with ``weight_decay``, norm layers' with
+    ``norm_decay`` (None: the same; detectron2 uses 0 for them)."""
+    norm_params = {
+        id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters()
+    }
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if norm_decay is None or norm_decay == weight_decay:
+        return [{"params": trainable, "weight_decay": weight_decay}]
+    others = [p for p in trainable if id(p) not in norm_params]
+    norms = [p for p in trainable if id(p) in norm_params]
+    return [
+        {"params": others, "weight_decay": weight_decay},
+        {"params": norms, "weight_decay": norm_decay},
+    ]
+
+
+def run_steps(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[tuple[int, Any]],
+    loss_fn: Callable[[nn.Module, Any], Mapping[str, torch.Tensor]],
+    *,
+    lr_at: Callable[[int], float],
+    stop: int,
+    start: int,
+    save: Callable[[int], None],
+    checkpoint_every: int,
+    metrics: MetricsLog,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    precision: str,
+    clip_grad: float,
+    seed: int,
+    rank: int = 0,
+    stage: str = "train",
+    progress: bool = True,
+) -> None:
+    """The training loop shared by the stages: one optimiser step per ``(step, batch)``.
+
+    Each step seeds the global generators by (seed, step, rank), sets the learning rate
+    ``lr_at(step)``, computes ``loss_fn(model, batch)`` (a dict of loss terms, summed) under
+    autocast, stops with FloatingPointError on a non-finite loss, steps the optimiser through
+    ``scaler`` (gradients clipped to norm ``clip_grad`` when > 0), writes one metrics record
+    (``step`` = steps done) and calls ``save(steps_done)`` every ``checkpoint_every`` steps and
+    at ``stop``. Only rank 0 logs, shows progress and saves.
+    """
+    main = rank == 0
+    started = time.monotonic()
+    with Progress(stop, stage, "steps", initial=start, enabled=progress and main) as bar:
+        for step, batch in batches:
+            seed_step(seed, step, rank)
+            lr = lr_at(step)
+            set_learning_rate(optimizer, lr)
+            with autocast(device, precision):
+                losses = dict(loss_fn(model, batch))
+            total = sum(losses.values())
+            check_finite({**losses, "loss": total}, step, stage)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            if clip_grad > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(
+                    [p for g in optimizer.param_groups for p in g["params"]], clip_grad
+                )
+            scaler.step(optimizer)
+            scaler.update()
+            done = step + 1
+            if main:
+                record = {"step": done, "loss": float(total.detach()), "lr": lr}
+                record.update({k: float(v.detach()) for k, v in losses.items()})
+                record["seconds"] = round(time.monotonic() - started, 3)
+                metrics.write(record)
+                if done % checkpoint_every == 0 or done == stop:
+                    save(done)
+            bar.update()
+
+
+def save_weights(
+    path: str | Path, model: nn.Module, settings: Mapping[str, Any], extra: Mapping[str, Any]
+) -> None:
+    """Write a trained network for the next stages: ``model`` (state dict), ``settings``
+    (everything needed to build it again) and ``extra`` (provenance), atomically."""
+    payload = {"model": model.state_dict(), "settings": dict(settings), "extra": dict(extra)}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_weights(path: str | Path) -> dict[str, Any]:
+    """Read a file written by :func:`save_weights` (weights only: nothing else is unpickled)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:
+        raise ValueError(f"{path}: not a readable maskdistill model ({error})") from error
+    if not isinstance(payload, dict) or not {"model", "settings"} <= set(payload):
+        raise ValueError(f"{path}: not a maskdistill model file (no 'model' and 'settings')")
+    return payload
 
 
 # ------------------------------------------------------------------ metrics log

@@ -16,7 +16,7 @@ rule cluster:
         stats=report(
             CLUSTER_DIR / "stats.json",
             caption="../report/cluster_stats.rst",
-            category="Stage 2: cluster",
+            category="cluster",
         ),
     log:
         LOGS / "cluster.log",

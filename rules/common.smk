@@ -86,9 +86,11 @@ if (
     )
 
 
-def shard_paths(folder, num_shards):
-    """The files of a sharded output: folder/shard-<i>-of-<S>.h5 for i < S."""
-    return [Path(folder) / f"shard-{i}-of-{num_shards}.h5" for i in range(num_shards)]
+def shard_paths(folder, num_shards, suffix=".h5"):
+    """The files of a sharded output: folder/shard-<i>-of-<S><suffix> for i < S."""
+    return [
+        Path(folder) / f"shard-{i}-of-{num_shards}{suffix}" for i in range(num_shards)
+    ]
 
 
 @functools.cache
@@ -133,9 +135,55 @@ def shard_images(dataset, shard, num_shards):
     ]
 
 
+def segment_title(net, mode):
+    """The metrics-table row of a stage-5 network's predictions."""
+    name = "linear probe" if net == "probe" else "stage 5: segment"
+    rounds = (
+        ""
+        if net in ("probe", "round-0")
+        else f", CRF round {net.removeprefix('round-')}"
+    )
+    crf = " with CRF" if mode == "crf" else ""
+    return f"{name}{rounds}{crf}"
+
+
+def prediction_dirs(net, mode, split):
+    """The shard folders of a stage-5 network's predictions (rules/segment.smk)."""
+    folder = SEGMENT_DIR / net / mode / split
+    return [folder / f"shard-{i}-of-{SEGMENT_SHARDS}" for i in range(SEGMENT_SHARDS)]
+
+
+def prediction_resource(wildcards, key):
+    """A stage-5 prediction job's resource: of segment_crf for CRF jobs, else segment_predict."""
+    return RESOURCES["segment_crf" if wildcards.mode == "crf" else "segment_predict"][
+        key
+    ]
+
+
+def training_labels(wildcards):
+    """Stage-5 round 0 learns from the stage-4 maps, round r from round r-1's CRF predictions."""
+    r = int(wildcards.round)
+    return (
+        [SELECT_LABELS] if r == 0 else prediction_dirs(f"round-{r - 1}", "crf", "learn")
+    )
+
+
 def final_outputs():
     """The inputs of the target `all`: the final output of every stage that exists.
 
-    The stage files define the constants it reads.
+    The stage files define the constants it reads. Stage 5's final predictions are those of
+    the last CRF round: on the evaluation split when there is ground truth, else on the
+    learning images (a folder's final segmentation).
     """
-    return dataset_ready() + DISCOVER_SHARDS + CLUSTER_OUTPUTS + EVALUATE_OUTPUTS
+    split = "eval" if evaluation_enabled() else "learn"
+    modes = ["labels"] + (["crf"] if USES_CRF else [])
+    final = [d for mode in modes for d in prediction_dirs(LAST_NET, mode, split)]
+    return (
+        dataset_ready()
+        + DISCOVER_SHARDS
+        + CLUSTER_OUTPUTS
+        + [DISTILL_MODEL, DISTILL_PREDICTIONS, SELECT_LABELS]
+        + [SEGMENT_DIR / LAST_NET / "model.pth"]
+        + final
+        + EVALUATE_OUTPUTS
+    )

@@ -30,7 +30,13 @@ from maskdistill.loader import bucket_batches
 from maskdistill.masks import mask_box
 from maskdistill.models import vit
 from maskdistill.models.norm import IMAGENET
-from maskdistill.shards import full_resolution_mask, read_shard, read_shard_attrs, shard_of
+from maskdistill.shards import (
+    full_resolution_mask,
+    read_shard,
+    read_shard_attrs,
+    select_shard,
+    shard_of,
+)
 
 BACKBONE = "random:patch=8,width=48,depth=2,heads=3,seed=0"
 KEYS = {
@@ -195,7 +201,7 @@ def test_shard_of_is_crc32_and_stable_when_images_are_added():
     assert all(after[name] == shard for name, shard in before.items())
     assert set(before.values()) == set(range(5))
     with pytest.raises(ValueError, match="shard 2 of 2"):
-        batch.select_shard([], 2, 2)
+        select_shard([], 2, 2)
 
 
 def test_abort_mid_run_leaves_no_file(images, tmp_path, monkeypatch):
@@ -328,8 +334,10 @@ def test_workflow_reruns_only_a_missing_shard(repo, images, tmp_path):
     config = yaml.safe_load((repo / "config.yaml").read_text())
     config["demo_data"]["generate"] = False
     config["dataset"] = {"kind": "folder", "root": str(images[0])}
-    # the demo's checkpoint path is relative to the checkout; this run's directory is tmp_path
+    # the demo's checkpoint paths are relative to the checkout; this run's directory is tmp_path
     config["discover"]["backbone"] = str(repo / config["discover"]["backbone"])
+    for section in ("distill", "segment"):
+        config[section]["init"] = str(repo / config[section]["init"])
 
     fast_path = f"{no_slurm_client(tmp_path / '.no-slurm')}{os.pathsep}{os.environ['PATH']}"
 

@@ -96,12 +96,16 @@ def test_demo_workflow_runs_every_job_as_a_slurm_job(slurm_cluster, tmp_path):
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))
     run = snakemake(workspace, *profile_args, env=SLURM_ENV, slurm=True)
     local = parse_jobs(run.stdout + run.stderr, local=True)
-    assert set(local) == {("all", ""), ("evaluate_table", "")}  # the Snakefile's localrules
+    # the Snakefile's localrules
+    localrules = {"all", "distill_merge", "evaluate_table", "evaluate_ablation"}
+    assert set(local) == {(rule, "") for rule in localrules}
 
     jobs = _sacct_jobs(since)
     comments = Counter(job["Comment"] for job in jobs)
     assert comments == Counter({_slurm_comment(*job): n for job, n in (plan - local).items()})
-    assert sum(comments.values()) == 6  # demo data, 2 discover shards, cluster, 2 evaluations
+    # demo data, 2 discover shards, cluster, distill training, 2 distill prediction shards,
+    # select, segment training, 2 segment prediction shards, 5 evaluations
+    assert sum(comments.values()) == 16
     assert {job["State"] for job in jobs} == {"COMPLETED"}
     assert {(job["Account"], job["Partition"]) for job in jobs} == {("ci", "debug")}
     assert len({job["JobName"] for job in jobs}) == 1  # one workflow run (the plugin's run uuid)
@@ -109,7 +113,10 @@ def test_demo_workflow_runs_every_job_as_a_slurm_job(slurm_cluster, tmp_path):
     # outputs complete: every output of the summary is present and up to date
     summary = snakemake(workspace, "--summary", *profile_args, env=SLURM_ENV, slurm=True).stdout
     rows = [line.split("\t") for line in summary.splitlines()[1:] if "\t" in line]
-    assert len(rows) == 8 and all(row[4:6] == ["ok", "no update"] for row in rows), summary
+    # demo data, 2 shards, pseudo GT and stats, model, training metrics, 2 prediction shards and
+    # their merge, stage-4 maps and stats, stage-5 model, metrics and 2 prediction folders,
+    # 5 metrics JSONs, the table and the ablation table (Markdown and JSON)
+    assert len(rows) == 24 and all(row[4:6] == ["ok", "no update"] for row in rows), summary
 
     second = snakemake(workspace, *profile_args, env=SLURM_ENV, slurm=True)
     assert "Nothing to be done" in second.stdout + second.stderr

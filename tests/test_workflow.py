@@ -30,10 +30,53 @@ from workflow_helpers import (
 )
 
 from maskdistill.config import validate_config
+from maskdistill.segment.crf import crf_available
 
 # what runs downstream of each stage in the tiny demo (VOC layout with ground truth)
-AFTER_CLUSTER = Counter({"evaluate_cluster": 1, "evaluate_table": 1})
-AFTER_DISCOVER = Counter({"cluster": 1, "evaluate_discovery": 1}) + AFTER_CLUSTER
+
+
+def after_cluster(num_shards: int = 2, evaluated: bool = True) -> Counter:
+    """The jobs downstream of the cluster job (stages 3-5 and the metrics).
+
+    Stage 5 predicts the evaluation split when there is ground truth, else the learning images.
+    """
+    jobs = Counter({"distill_train": 1, "distill_predict": num_shards, "distill_merge": 1})
+    jobs += Counter({"select": 1, "segment_train": 1, "segment_predict": num_shards})
+    if evaluated:
+        jobs += Counter(
+            {
+                "evaluate_cluster": 1,
+                "evaluate_distill": 1,
+                "evaluate_select": 1,
+                "evaluate_segment": 1,
+                "evaluate_table": 1,
+                "evaluate_ablation": 1,
+            }
+        )
+    return jobs
+
+
+def after_discover(num_shards: int = 2, evaluated: bool = True) -> Counter:
+    """The jobs downstream of the discover jobs."""
+    jobs = Counter({"cluster": 1}) + after_cluster(num_shards, evaluated)
+    return jobs + Counter({"evaluate_discovery": 1}) if evaluated else jobs
+
+
+AFTER_CLUSTER = after_cluster()
+AFTER_DISCOVER = after_discover()
+# what an evaluation-split change reruns: the metrics of the evaluation split and stage 5's
+# predictions there (the stage-4 maps are scored on the learning images and stay)
+METRICS = Counter(
+    {
+        "evaluate_discovery": 1,
+        "evaluate_cluster": 1,
+        "evaluate_distill": 1,
+        "evaluate_segment": 1,
+        "segment_predict": 2,
+        "evaluate_table": 1,
+        "evaluate_ablation": 1,
+    }
+)
 
 
 @pytest.fixture(scope="module")
@@ -89,14 +132,9 @@ def shards_of(jobs_text: str) -> list[str]:
 def test_a_finished_run_has_nothing_to_do(demo):
     table = summary(demo)
     assert table and all(plan == "no update" for _, plan in table.values()), table
-    assert {rule for rule, _ in table.values()} == {
-        "make_demo_data",
-        "discover",
-        "cluster",
-        "evaluate_discovery",
-        "evaluate_cluster",
-        "evaluate_table",
-    }
+    assert {rule for rule, _ in table.values()} == {"make_demo_data", "discover"} | set(
+        AFTER_DISCOVER
+    )
     assert (demo / "results/tiny/evaluate/metrics.md").is_file()
 
 
@@ -146,9 +184,7 @@ def test_a_support_set_is_discovered_and_clustered_with_the_target(demo):
 def test_an_evaluation_split_change_reruns_only_the_metrics(demo):
     dataset = {**tiny_config()["dataset"], "eval_split": "train"}
     jobs = planned_jobs(demo, *variant(demo, "eval_train", dataset=dataset))
-    assert rules_of(jobs) == Counter(
-        {"evaluate_discovery": 1, "evaluate_cluster": 1, "evaluate_table": 1}
-    )
+    assert rules_of(jobs) == METRICS
 
 
 def test_discover_device_is_an_execution_setting(demo):
@@ -233,6 +269,39 @@ def test_a_second_experiment_reuses_the_discover_shards(demo):
     assert "results/exp2/cluster/pseudo_gt.json" in result.stdout
 
 
+def test_crf_rounds_and_the_probe_plan_every_network_and_its_scores(demo):
+    if not crf_available():
+        pytest.skip("pydensecrf2 is not installed (pip install '.[crf]')")
+    args = variant(
+        demo,
+        "crf",
+        run_name="crf",  # a new run: every job of stages 2-5 is planned
+        segment={"crf": True, "crf_rounds": 1},
+        probe={"enabled": True, "splits": ["train"], "epochs": 1, "batch_size": 2},
+    )
+    jobs = planned_jobs(demo, *args)
+    predictions = Counter(w.rsplit(", shard=", 1)[0] for r, w in jobs if r == "segment_predict")
+    assert predictions == Counter(
+        {
+            "net=round-0, mode=crf, split=learn": 2,  # the labels of round 1
+            **{f"net={net}, mode={mode}, split=eval": 2
+               for net in ("round-0", "round-1", "probe") for mode in ("labels", "crf")},
+        }
+    )  # fmt: skip
+    assert rules_of(jobs)["segment_train"] == 2 and rules_of(jobs)["segment_probe"] == 1
+    assert rules_of(jobs)["evaluate_segment"] == 6
+
+
+def test_crf_settings_without_the_extra_fail_at_workflow_start(demo):
+    if crf_available():
+        pytest.skip("pydensecrf2 is installed: the error cannot be shown")
+    result = snakemake(
+        demo, "--dry-run", *variant(demo, "nocrf", segment={"crf": True}), check=False
+    )
+    assert result.returncode != 0
+    assert "pip install 'maskdistill[crf]'" in result.stdout + result.stderr
+
+
 def test_lint_passes(demo):
     result = snakemake(demo, "--lint", check=False)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -297,11 +366,26 @@ def test_adding_images_reruns_only_the_shards_they_land_in(folder):
     new = next(n for n in _names_for_shards("a", per_shard=1) if _shard(n) == 1)
     _write_image(folder / "images" / new, 99)
     jobs = Counter({(rule, shard_wildcards(w)): n for (rule, w), n in planned_jobs(folder).items()})
+    # discover: only the new image's shard; stages 3-5 learn again from the new pseudo ground
+    # truth, and stage 5 predicts the folder again (its final segmentation)
+    shards = [f"shard={i}, num_shards={NUM_SHARDS}" for i in range(NUM_SHARDS)]
+    final = [f"net=round-0, mode=labels, split=learn, {shard}" for shard in shards]
     assert jobs == Counter(
-        {("discover", f"shard=1, num_shards={NUM_SHARDS}"): 1, ("cluster", ""): 1}
+        {
+            ("discover", f"shard=1, num_shards={NUM_SHARDS}"): 1,
+            ("cluster", ""): 1,
+            ("distill_train", ""): 1,
+            ("distill_merge", ""): 1,
+            ("select", ""): 1,
+            ("segment_train", "round=0"): 1,
+            **{("distill_predict", shard): 1 for shard in shards},
+            **{("segment_predict", wildcards): 1 for wildcards in final},
+        }
     )
+    # the shards of the new image (discover, stage-3 and stage-5 predictions) list it as input
     changed = snakemake(folder, "--list-changes", "input").stdout.split()
-    assert [Path(p).name for p in changed] == [f"shard-1-of-{NUM_SHARDS}.h5"]
+    name = f"shard-1-of-{NUM_SHARDS}"
+    assert sorted(Path(p).name for p in changed) == [name, f"{name}.h5", f"{name}.json"]
     # the partial rerun gives a complete, consistent pseudo ground truth
     snakemake(folder, "--cores", "2")
     coco = json.loads((folder / "results/folder/cluster/pseudo_gt.json").read_text())
@@ -337,10 +421,9 @@ def _fake_tree(root: Path, kind: str) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("preset", "evaluations"),
-    [("voc12", AFTER_DISCOVER), ("coco20k", AFTER_DISCOVER), ("folder", Counter({"cluster": 1}))],
+    ("preset", "evaluated"), [("voc12", True), ("coco20k", True), ("folder", False)]
 )
-def test_presets_are_valid_and_plan_the_full_method(tmp_path, repo, preset, evaluations):
+def test_presets_are_valid_and_plan_the_full_method(tmp_path, repo, preset, evaluated):
     config = yaml.safe_load((repo / "configs" / f"{preset}.yaml").read_text())
     config = validate_config(config)  # the schema, with every default filled in
     assert config["discover"]["backbone"] == "vit_small_patch16_224.dino"
@@ -348,6 +431,13 @@ def test_presets_are_valid_and_plan_the_full_method(tmp_path, repo, preset, eval
     assert (config["discover"]["topk"], config["discover"]["mass"]) == (0.4, 0.5)
     assert config["cluster"]["seed"] == 1234 and not config["pretrain"]["enabled"]
     assert config["resources"]["discover"]["gpu"] == 1
+    distill = config["distill"]
+    assert (distill["arch"], distill["fpn_channels"], distill["box_head_dim"]) == (
+        "resnet50",
+        256,
+        1024,
+    )
+    assert (distill["batch_size"], distill["lr"], distill["test_size"]) == (16, 0.02, 800)
     config["dataset"].update(_fake_tree(tmp_path / "data", config["dataset"]["kind"]))
     datasets = 1
     if config["cluster"]["support_dataset"] is not None:  # voc12: VOC07 trainval, discovered too
@@ -358,5 +448,17 @@ def test_presets_are_valid_and_plan_the_full_method(tmp_path, repo, preset, eval
         support["root"] = str(tmp_path / "voc07")
         datasets = 2
     workspace = make_workspace(tmp_path / "workflow", config)
+    if distill["init"] != "none":  # the preset's MoCo v2 file, which the user downloads
+        (workspace / distill["init"]).parent.mkdir(parents=True)
+        (workspace / distill["init"]).touch()
+    if preset == "voc12" and not crf_available():
+        pytest.skip("the VOC12 preset refines with the dense CRF: pip install '.[crf]'")
     jobs = rules_of(planned_jobs(workspace))
-    assert jobs == Counter({"discover": datasets * config["discover"]["num_shards"]}) + evaluations
+    shards = config["discover"]["num_shards"]
+    expected = Counter({"discover": datasets * shards}) + after_discover(shards, evaluated)
+    if preset == "voc12":  # the paper's full table: CRF, one CRF round, the linear probe
+        # round 1 and the probe; round 0's CRF labels of the learning images; with CRF the
+        # eval predictions of round 0, and of round 1 and the probe with and without
+        expected.update(segment_train=1, segment_probe=1, segment_predict=6 * shards)
+        expected.update(evaluate_segment=5)
+    assert jobs == expected

@@ -1,13 +1,23 @@
 """Evaluate stage outputs against the dataset's ground truth (metrics JSON + Markdown table).
 
 Subcommands:
-  ``discovery``: CorLoc of the discover shards' mask boxes.
+  ``discovery``: CorLoc of the discover shards' mask boxes, and the class-agnostic mask AP50 of
+  the masks themselves (each image's one mask as a prediction with score 1: the baseline of
+  stage 3).
   ``cluster``: semantic mIoU of the stage-2 label maps (each image's mask painted with its
   category id = 1 + cluster index, background 0), labels matched to classes by Hungarian /
   majority vote on pixels (default) or, as the reference does, through the object-level
   matching (``--matching objects``); and the object-level cluster accuracy, NMI and ARI (a
   mask's class = class of the GT box with the highest IoU with the mask's box).
+  ``distill``: class-agnostic mask AP50 of the Mask R-CNN predictions, "multi" (all of them)
+  and "single" (each image's best), and the semantic mIoU of label maps painted from all
+  predictions in descending score (a pixel takes the label of the best prediction covering
+  it), matched to the classes as stage 2's.
+  ``labels``: semantic mIoU of a folder of label PNGs (stage 4's selected maps, stage 5's
+  predictions, with or without CRF), labels matched to the classes as stage 2's.
   ``table``: render metrics JSONs as one Markdown file.
+  ``ablation``: the paper's ablation table of one run (every stage's mIoU, beside the paper's
+  numbers with --paper), as Markdown and JSON.
 
 Only the images of ``--splits`` (the evaluation split) are scored; predictions are joined with
 the ground truth by file name.
@@ -29,9 +39,16 @@ from maskdistill.commands.dataset_args import (
 )
 from maskdistill.data import Dataset, ImageRecord
 from maskdistill.io import atomic_path, read_json, write_json
-from maskdistill.masks import paint_label_map
-from maskdistill.metrics import cluster_scores, metrics_markdown, semantic_scores
-from maskdistill.shards import read_columns
+from maskdistill.masks import label_png_path, mask_annotation, paint_label_map, read_label_png
+from maskdistill.metrics import (
+    ablation_markdown,
+    ablation_rows,
+    cluster_scores,
+    metrics_markdown,
+    semantic_scores,
+)
+from maskdistill.paper import PAPERS
+from maskdistill.shards import full_resolution_mask, read_columns, read_shard
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +74,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="voc: splits whose boxes decide --matching objects (default: --splits; the "
         "reference uses its learning split, trainval)",
     )
-    for command in (discovery, cluster):
+    distill = sub.add_parser("distill", help="mask AP50 and painted mIoU of stage 3")
+    distill.add_argument("--predictions", required=True, help="stage-3 predictions (JSON list)")
+    distill.add_argument("--pseudo-gt", required=True, help="stage-2 COCO JSON (the classes)")
+    labels = sub.add_parser("labels", help="mIoU of label PNGs (stages 4 and 5)")
+    labels.add_argument(
+        "--labels", nargs="+", required=True, help="folders of label PNGs (<file name>.png)"
+    )
+    labels.add_argument("--pseudo-gt", required=True, help="stage-2 COCO JSON (the labels)")
+    labels.add_argument(
+        "--supervised",
+        action="store_true",
+        help="the labels are ground-truth classes (a linear probe's): no matching",
+    )
+    labels.add_argument("--title", required=True, help="the row's name, e.g. 'stage 5: segment'")
+    labels.set_defaults(_evaluate=evaluate_labels)
+    for command in (discovery, cluster, distill, labels):
         add_dataset_arguments(command)
         command.add_argument("--out", required=True, help="metrics JSON to write")
     discovery.set_defaults(_evaluate=evaluate_discovery)
     cluster.set_defaults(_evaluate=evaluate_cluster)
+    distill.set_defaults(_evaluate=evaluate_distill)
     table = sub.add_parser("table", help="render metrics JSONs as Markdown")
     table.add_argument("--reports", nargs="+", required=True, help="metrics JSONs, in order")
     table.add_argument("--out", required=True, help="Markdown file to write")
     table.set_defaults(_evaluate=write_table)
+    ablation = sub.add_parser("ablation", help="the ablation table (Markdown + JSON)")
+    ablation.add_argument("--reports", nargs="+", required=True, help="metrics JSONs, in order")
+    ablation.add_argument("--paper", choices=sorted(PAPERS), default=None, help="beside these")
+    ablation.add_argument("--out", required=True, help="Markdown file to write")
+    ablation.add_argument("--json", required=True, help="JSON file to write")
+    ablation.set_defaults(_evaluate=write_ablation)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -79,14 +118,29 @@ def _eval_dataset(args: argparse.Namespace) -> tuple[Dataset, list[ImageRecord]]
     return dataset, dataset.records()
 
 
+def _mask_predictions(shards: list[str], names: set[str]) -> list[dict]:
+    """Each named image's discovered mask as a COCO results entry with score 1."""
+    predictions = []
+    for shard in shards:
+        for record in read_shard(shard):
+            if record["file_name"] in names and not record["empty"]:
+                mask = full_resolution_mask(record)
+                entry = mask_annotation(mask, annotation_id=0, image_id=0, category_id=1)
+                predictions.append({**entry, "file_name": record["file_name"]})
+    return predictions
+
+
 def evaluate_discovery(args: argparse.Namespace) -> None:
-    """CorLoc over the evaluation images; images the shards lack count as misses."""
+    """CorLoc and mask AP50 over the evaluation images; images the shards lack count as misses."""
     dataset, records = _eval_dataset(args)
     table = read_columns(args.shards, ("box",))
     boxes = dict(zip(table["file_name"], map(tuple, table["box"].tolist()), strict=True))
     result = evaluation.corloc(dataset, records, boxes)
+    ground_truth = evaluation.instance_ground_truth(dataset, records)
+    masks = _mask_predictions(args.shards, {r.file_name for r in records})
     report = evaluation.report("stage 1: discover", args.splits, len(records), dataset_spec(args))
     report["summary"]["CorLoc"] = result.value
+    report["summary"]["mask AP50"] = evaluation.mask_ap50(ground_truth, masks)
     report.update(
         num_scored=result.scored,
         num_hits=result.hits,
@@ -154,12 +208,115 @@ def evaluate_cluster(args: argparse.Namespace) -> None:
     log.info("stage 2 on %d images: %s", len(records), report["summary"])
 
 
-def write_table(args: argparse.Namespace) -> None:
-    """One Markdown file with a summary table and a per-class IoU table."""
-    reports = [read_json(path) for path in args.reports]
-    for path, report in zip(args.reports, reports, strict=True):
+def evaluate_distill(args: argparse.Namespace) -> None:
+    """Mask AP50 (multi, single) and the painted mIoU of the stage-3 predictions."""
+    dataset, records = _eval_dataset(args)
+    predictions = read_json(args.predictions)
+    if not isinstance(predictions, list):
+        raise ValueError(f"{args.predictions}: not a COCO results list")
+    _, num_clusters = evaluation.index_annotations(read_json(args.pseudo_gt), args.pseudo_gt)
+    names = {r.file_name for r in records}
+    mine = [p for p in predictions if p["file_name"] in names]
+    ground_truth = evaluation.instance_ground_truth(dataset, records)
+    grouped = evaluation.by_image(mine)
+
+    def label_map(record: ImageRecord) -> np.ndarray:
+        masks = [
+            (evaluation.annotation_mask(p, record, args.predictions), p["category_id"])
+            for p in grouped.get(record.file_name, [])
+        ]
+        return paint_label_map((record.height, record.width), masks, overlap="fill")
+
+    confusion, with_labels = evaluation.semantic_confusion(
+        dataset, records, label_map, num_clusters + 1
+    )
+    semantic = (
+        semantic_scores(confusion, ("background", *dataset.class_names)) if with_labels else None
+    )
+    report = evaluation.report("stage 3: distill", args.splits, len(records), dataset_spec(args))
+    report["summary"] = {
+        "mask AP50 (multi)": evaluation.mask_ap50(ground_truth, mine),
+        "mask AP50 (single)": evaluation.mask_ap50(ground_truth, evaluation.most_confident(mine)),
+        "mIoU": semantic["miou"] if semantic else None,
+    }
+    report.update(
+        per_class_iou=semantic["per_class_iou"] if semantic else {},
+        num_predictions=len(mine),
+        num_images_with_predictions=len(grouped),
+        num_ground_truth_instances=len(ground_truth["annotations"]),
+        semantic=semantic,
+        predictions=args.predictions,
+    )
+    write_json(args.out, report)
+    log.info("stage 3 on %d images: %s", len(records), report["summary"])
+
+
+def _label_file(folders: list[str], file_name: str) -> Path:
+    """The label PNG of an image in the first folder that holds it."""
+    for folder in folders:
+        path = label_png_path(folder, file_name)
+        if path.is_file():
+            return path
+    raise ValueError(f"no label PNG of {file_name!r} in {folders}")
+
+
+def evaluate_labels(args: argparse.Namespace) -> None:
+    """Semantic mIoU and per-class IoU of label PNGs, Hungarian-matched to the classes."""
+    dataset, records = _eval_dataset(args)
+    names = ("background", *dataset.class_names)
+    if args.supervised:
+        num_labels = len(names)
+    else:
+        num_labels = 1 + evaluation.index_annotations(read_json(args.pseudo_gt), args.pseudo_gt)[1]
+
+    def label_map(record: ImageRecord) -> np.ndarray:
+        path = _label_file(args.labels, record.file_name)
+        labels = read_label_png(path)
+        if labels.max(initial=0) >= num_labels:
+            raise ValueError(f"{path}: label {labels.max()}, expected 0..{num_labels - 1}")
+        return labels
+
+    confusion, with_labels = evaluation.semantic_confusion(dataset, records, label_map, num_labels)
+    if not with_labels:
+        raise ValueError(f"{args.images}: no image of split {args.splits} has semantic labels")
+    identity = np.arange(num_labels) if args.supervised else None
+    semantic = semantic_scores(confusion, names, identity)
+    report = evaluation.report(args.title, args.splits, len(records), dataset_spec(args))
+    report["summary"] = {"mIoU": semantic["miou"]}
+    report.update(
+        per_class_iou=semantic["per_class_iou"],
+        num_with_semantic_labels=with_labels,
+        matching="identity (supervised)" if args.supervised else "pixels",
+        semantic=semantic,
+        labels=list(args.labels),
+    )
+    write_json(args.out, report)
+    log.info("%s on %d images: mIoU %.1f%%", args.title, with_labels, 100 * semantic["miou"])
+
+
+def _read_reports(paths: list[str]) -> list[dict]:
+    """Metrics JSONs, each checked to be one."""
+    reports = [read_json(path) for path in paths]
+    for path, report in zip(paths, reports, strict=True):
         if not isinstance(report, dict) or not {"title", "summary", "num_images"} <= set(report):
             raise ValueError(f"{path}: not a maskdistill metrics JSON (title/summary missing)")
+    return reports
+
+
+def write_ablation(args: argparse.Namespace) -> None:
+    """The ablation table as Markdown (--out) and JSON (--json)."""
+    paper = PAPERS[args.paper] if args.paper else None
+    rows = ablation_rows(_read_reports(args.reports), paper)
+    title = "# maskdistill ablation\n\n"
+    with atomic_path(args.out) as tmp:
+        Path(tmp).write_text(title + ablation_markdown(rows, args.paper))
+    write_json(args.json, {"paper": args.paper, "rows": rows, "reports": list(args.reports)})
+    log.info("wrote %s and %s (%d rows)", args.out, args.json, len(rows))
+
+
+def write_table(args: argparse.Namespace) -> None:
+    """One Markdown file with a summary table and a per-class IoU table."""
+    reports = _read_reports(args.reports)
     text = "# maskdistill metrics\n\n" + metrics_markdown(reports)
     with atomic_path(args.out) as tmp:
         Path(tmp).write_text(text)

@@ -5,7 +5,8 @@ Sets CUDA_VISIBLE_DEVICES to free device indices, runs the command, releases the
 exits with the command's status. Under SLURM, with CUDA_VISIBLE_DEVICES already set, with
 --gpus 0 or on a machine without GPUs the command runs unchanged. MASKDISTILL_GPUS fakes the
 device count; MASKDISTILL_GPU_LOCK_DIR overrides --lock-dir (one folder for every workflow on
-the machine).
+the machine). With --distributed and --gpus above 1, a ``maskdistill`` command runs as one
+data-parallel process per GPU through torchrun.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lock-dir", required=True, help="folder of the per-device lock files (gpu-<i>.lock)"
     )
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="with several GPUs: one DDP process per GPU (torchrun) for a maskdistill command",
+    )
     parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command to run")
 
 
@@ -32,4 +38,4 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"--gpus {args.gpus}: must be 0 or more")
     command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     lock_dir = os.environ.get(LOCK_DIR_ENV) or args.lock_dir
-    sys.exit(run_pinned(command, args.gpus, lock_dir))
+    sys.exit(run_pinned(command, args.gpus, lock_dir, distributed=args.distributed))

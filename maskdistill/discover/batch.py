@@ -26,7 +26,6 @@ from maskdistill.masks import mask_box, upsample_grid_mask
 from maskdistill.models import vit
 from maskdistill.models.norm import Normalization
 from maskdistill.runtime import autocast
-from maskdistill.shards import shard_of
 
 
 @dataclass(frozen=True)
@@ -71,13 +70,6 @@ class DiscoverSettings:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def select_shard(records: Sequence[ImageRecord], shard: int, num_shards: int) -> list[ImageRecord]:
-    """The records of shard ``shard`` (0-based) out of ``num_shards``."""
-    if num_shards < 1 or not 0 <= shard < num_shards:
-        raise ValueError(f"shard {shard} of {num_shards}: expected 0 <= shard < num_shards")
-    return [r for r in records if shard_of(r.file_name, num_shards) == shard]
 
 
 def padded_shape(size: tuple[int, int], resize: int, patch: int) -> tuple[int, int]:

@@ -387,3 +387,30 @@ def cls_features(model: VisionTransformer, images: torch.Tensor) -> torch.Tensor
     """Final normalised CLS token (after ``model.norm``), (B, D), for (B, 3, H, W) images."""
     x = model.blocks(embed(model, images))
     return model.norm(x)[:, 0]
+
+
+class PatchFeatures(torch.nn.Module):
+    """A ViT as a convolutional backbone: images -> the final normalised patch tokens as a map.
+
+    ``forward((B, 3, H, W))`` with H, W multiples of P returns (B, D, H / P, W / P): stride P.
+    The ViT is fine-tuned when ``trainable``, else frozen (it then stays in evaluation mode).
+    """
+
+    def __init__(self, model: VisionTransformer, trainable: bool) -> None:
+        super().__init__()
+        self.vit = model
+        self.trainable = trainable
+        self.vit.requires_grad_(trainable)
+        self.out_channels = model.embed_dim
+        self.stride = patch_size(model)
+
+    def train(self, mode: bool = True) -> PatchFeatures:
+        super().train(mode)
+        self.vit.train(mode and self.trainable)
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.vit.norm(self.vit.blocks(embed(self.vit, images)))
+        patches = tokens[:, num_prefix_tokens(self.vit) :]
+        rows, cols = images.shape[-2] // self.stride, images.shape[-1] // self.stride
+        return patches.transpose(1, 2).reshape(images.shape[0], -1, rows, cols)

@@ -10,15 +10,9 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
+from maskdistill.loader import image_tensor
 from maskdistill.models.norm import IMAGENET
 from maskdistill.pretrain.settings import PretrainSettings
-
-
-def to_tensor(image: np.ndarray) -> Tensor:
-    """(H, W, 3) uint8 -> (3, H, W) float32 in [0, 1]."""
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
-    return torch.tensor(image).permute(2, 0, 1).float().div_(255.0)
 
 
 def random_resized_crop_box(
@@ -95,8 +89,8 @@ def multi_crop(
     """
     if len(first) != len(second):
         raise ValueError(f"view source returned {len(first)} and {len(second)} images")
-    a = [to_tensor(x) for x in first]
-    b = [to_tensor(x) for x in second]
+    a = [image_tensor(x) for x in first]
+    b = [image_tensor(x) for x in second]
     g, gs = settings.global_size, settings.global_scale
     global_crops = [augment(x, g, gs, settings, gen) for x in a]
     global_crops += [augment(x, g, gs, settings, gen) for x in b]

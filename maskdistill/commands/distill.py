@@ -1,0 +1,192 @@
+"""Stage 3: train Mask R-CNN on the stage-2 pseudo ground truth, predict scored masks, merge.
+
+Subcommands:
+  ``train``: Mask R-CNN with the K clusters as classes, on the pseudo ground truth's images;
+  checkpoints every --checkpoint-every iterations into --resume-dir and resumes from there
+  after a kill; writes the final network (--out) and its per-iteration metrics (--metrics).
+  Under ``torchrun`` it trains data-parallel, one process per GPU.
+  ``predict``: up to ``detections_per_image`` scored masks for each image of one shard
+  (``crc32(file_name) % num_shards``, as discover), as a COCO results JSON list.
+  ``merge``: the shards' predictions as one JSON list.
+Defaults: the config schema's ``distill`` section (detectron2's R50-FPN 1x recipe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import shutil
+from pathlib import Path
+
+from maskdistill.commands.dataset_args import add_dataset_arguments, open_dataset_from_args
+from maskdistill.commands.settings_args import add_settings_arguments, settings_from_args
+from maskdistill.config import defaults
+from maskdistill.io import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+EXECUTION = ("checkpoint_every", "device", "precision")  # not settings of the network
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "fp16", "bf16")
+# the network and training settings: every other key of the config's distill section
+SETTINGS = tuple(key for key in defaults("distill") if key not in EXECUTION)
+# torch and torchvision load only in the subcommands that need them (merge does not)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="what", required=True, metavar="WHAT")
+    train = sub.add_parser("train", help="train Mask R-CNN on the pseudo ground truth")
+    predict = sub.add_parser("predict", help="scored masks for one shard of images")
+    merge = sub.add_parser("merge", help="join the shards' predictions")
+    for command in (train, predict):
+        command.add_argument("--pseudo-gt", required=True, help="stage-2 COCO JSON")
+        add_dataset_arguments(command)
+        command.add_argument("--out", required=True)
+        command.add_argument("--device", choices=DEVICES, default=defaults("distill")["device"])
+        command.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        command.add_argument("--workers", type=int, default=2, help="image-loading processes")
+        command.add_argument("--no-progress", dest="progress", action="store_false")
+    add_settings_arguments(train, "distill", SETTINGS, "network and schedule (docs/method.md)")
+    train.add_argument("--resume-dir", required=True, help="folder of the rolling checkpoint")
+    train.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=defaults("distill")["checkpoint_every"],
+        help="iterations",
+    )
+    train.add_argument("--metrics", required=True, help="per-iteration metrics (JSON lines)")
+    train.add_argument("--no-resume", action="store_true", help="start from iteration 0")
+    train.set_defaults(_run=run_train)
+    predict.add_argument("--model", required=True, help="the trained network (distill train)")
+    predict.add_argument("--shard", type=int, default=0)
+    predict.add_argument("--num-shards", type=int, default=1)
+    predict.add_argument("--batch-size", type=int, default=4)
+    predict.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    predict.add_argument("--on-bad-image", choices=("error", "skip"), default="error")
+    predict.set_defaults(_run=run_predict)
+    merge.add_argument("--shards", nargs="+", required=True, help="shard predictions (JSON)")
+    merge.add_argument("--out", required=True)
+    merge.set_defaults(_run=run_merge)
+
+
+def run(args: argparse.Namespace) -> None:
+    args._run(args)
+
+
+def _run_settings(args: argparse.Namespace, num_classes: int) -> dict:
+    """Everything that decides the trained network: settings, classes, the training data."""
+    digest = hashlib.sha256(Path(args.pseudo_gt).read_bytes()).hexdigest()
+    return {
+        **settings_from_args(args, SETTINGS),
+        "num_classes": num_classes,
+        "pseudo_gt_sha256": digest,
+    }
+
+
+def run_train(args: argparse.Namespace) -> None:
+    """Train (resuming when a checkpoint of the same run exists), write the final network."""
+    from maskdistill import distributed
+    from maskdistill.distill.data import DistillDataset, training_set
+    from maskdistill.distill.train import DistillTrainSettings, train_maskrcnn
+    from maskdistill.models.maskrcnn import MaskRCNNSettings, build_maskrcnn
+    from maskdistill.provenance import provenance
+    from maskdistill.runtime import resolve_device, set_threads
+    from maskdistill.training import resume_files, save_weights, seeded
+
+    device = resolve_device(args.device)
+    world = distributed.init(device)
+    device = world.device(device)
+    set_threads(args.threads)
+    coco = read_json(args.pseudo_gt)
+    dataset = open_dataset_from_args(args)
+    data = training_set(coco, dataset.image_root, source=args.pseudo_gt)
+    log.info(
+        "%d training images (%d without a usable mask left out), %d degenerate masks dropped",
+        len(data.images),
+        len(data.without_annotations),
+        data.dropped_masks,
+    )
+    if not data.images:
+        raise ValueError(f"{args.pseudo_gt}: no image with a usable mask to train on")
+    run_settings = _run_settings(args, data.num_categories)
+    checkpoint, metrics = resume_files(args.resume_dir, run_settings, world.main)
+    distributed.barrier(world)
+    settings = DistillTrainSettings.from_config(vars(args))
+    with seeded(settings.seed):
+        model, _ = build_maskrcnn(data.num_categories, MaskRCNNSettings.from_config(vars(args)))
+    model.to(device)
+    trained = train_maskrcnn(
+        model,
+        DistillDataset(data.images, settings.seed, flip=settings.flip),
+        settings,
+        run_settings=run_settings,
+        checkpoint=checkpoint,
+        checkpoint_every=args.checkpoint_every,
+        resume=not args.no_resume,
+        metrics_log=metrics,
+        device=device,
+        world=world,
+        workers=args.workers,
+        progress=args.progress,
+    )
+    if world.main:
+        save_weights(args.out, trained, run_settings, {"provenance": provenance()})
+        shutil.copyfile(metrics, args.metrics)
+        log.info("wrote %s and %s", args.out, args.metrics)
+    distributed.close(world)
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    """Predictions for the images of one shard, as a COCO results JSON list."""
+    from maskdistill.distill.predict import predict_images
+    from maskdistill.images import write_skipped
+    from maskdistill.models.maskrcnn import MaskRCNNSettings, build_maskrcnn, for_prediction
+    from maskdistill.runtime import resolve_device, set_threads
+    from maskdistill.shards import select_shard
+    from maskdistill.training import load_weights
+
+    device = resolve_device(args.device)
+    set_threads(args.threads)
+    payload = load_weights(args.model)
+    settings = MaskRCNNSettings.from_config(payload["settings"])
+    model, _ = build_maskrcnn(payload["settings"]["num_classes"], settings)
+    model.load_state_dict(payload["model"])
+    model = for_prediction(model, settings).to(device)
+    index = read_json(args.pseudo_gt)
+    image_ids = {image["file_name"]: image["id"] for image in index["images"]}
+    records = [r for r in open_dataset_from_args(args).records() if r.file_name in image_ids]
+    mine = select_shard(records, args.shard, args.num_shards)
+    log.info("shard %d of %d: %d images on %s", args.shard, args.num_shards, len(mine), device)
+    skipped: list[tuple[str, str]] = []
+    predictions = [
+        entry
+        for image_predictions in predict_images(
+            model,
+            mine,
+            image_ids,
+            device=device,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            precision=args.precision,
+            on_bad_image=args.on_bad_image,
+            skipped=skipped,
+            progress=args.progress,
+        )
+        for entry in image_predictions
+    ]
+    write_json(args.out, predictions, compact=True)
+    write_skipped(f"{args.out}.skipped.tsv", skipped)
+    log.info("wrote %s: %d predictions for %d images", args.out, len(predictions), len(mine))
+
+
+def run_merge(args: argparse.Namespace) -> None:
+    """One list of every shard's predictions, in shard order."""
+    merged = []
+    for path in args.shards:
+        predictions = read_json(path)
+        if not isinstance(predictions, list):
+            raise ValueError(f"{path}: not a COCO results list")
+        merged += predictions
+    write_json(args.out, merged, compact=True)
+    log.info("wrote %s: %d predictions from %d shards", args.out, len(merged), len(args.shards))

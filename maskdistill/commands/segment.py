@@ -1,0 +1,248 @@
+"""Stage 5: train DeepLab-v3 on label maps, predict label maps (optionally with a dense CRF),
+and train the linear probe.
+
+Subcommands:
+  ``train``: DeepLab-v3 on the label PNGs of --labels (stage 4's selected maps, or a CRF
+  round's refined predictions) for the images of the dataset splits that have one; resumable
+  from --resume-dir after a kill; data-parallel under torchrun. The final model is the result.
+  ``predict``: label PNGs at the original image size for one shard of the images
+  (``crc32(file_name) % num_shards``), with --crf refined by a dense CRF (the ``crf`` extra).
+  ``probe``: the linear probe: the trained network frozen, a new last 1 x 1 convolution trained
+  on the ground truth of the dataset splits; it predicts ground-truth classes.
+Defaults: the config schema's ``segment`` and ``probe`` sections (the reference's settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import logging
+import shutil
+from pathlib import Path
+
+from maskdistill import distributed
+from maskdistill.commands.dataset_args import add_dataset_arguments, open_dataset_from_args
+from maskdistill.commands.settings_args import add_settings_arguments, settings_from_args
+from maskdistill.config import defaults
+from maskdistill.data import Dataset, ImageRecord
+from maskdistill.evaluation import index_annotations
+from maskdistill.images import ON_BAD_IMAGE, write_skipped
+from maskdistill.io import atomic_path, read_json
+from maskdistill.masks import label_png_path, write_label_png
+from maskdistill.models.deeplab import DeepLabSettings, build_deeplab
+from maskdistill.progress import Progress
+from maskdistill.provenance import provenance
+from maskdistill.runtime import DEVICES, PRECISIONS, resolve_device, set_threads
+from maskdistill.segment.crf import CRFSettings
+from maskdistill.segment.data import Augmentation, SegmentationDataset, labelled_images
+from maskdistill.segment.predict import predict_label_maps
+from maskdistill.segment.train import EpochSchedule, probe_network, train_epochs
+from maskdistill.shards import select_shard
+from maskdistill.training import load_weights, resume_files, save_weights, seeded
+
+log = logging.getLogger(__name__)
+
+NETWORK = tuple(f.name for f in dataclasses.fields(DeepLabSettings))
+AUGMENTATION = tuple(f.name for f in dataclasses.fields(Augmentation))
+SCHEDULE = tuple(f.name for f in dataclasses.fields(EpochSchedule))
+CRF = tuple(f"crf_{f.name}" for f in dataclasses.fields(CRFSettings))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="what", required=True, metavar="WHAT")
+    train = sub.add_parser("train", help="train DeepLab-v3 on label maps")
+    probe = sub.add_parser("probe", help="linear probe on the ground truth")
+    predict = sub.add_parser("predict", help="label maps of one shard of images")
+    for command in (train, probe, predict):
+        add_dataset_arguments(command)
+        command.add_argument("--device", choices=DEVICES, default=defaults("segment")["device"])
+        command.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        command.add_argument("--workers", type=int, default=2, help="image-loading processes")
+        command.add_argument("--no-progress", dest="progress", action="store_false")
+    for command in (train, probe):
+        command.add_argument("--out", required=True, help="the trained network (.pth)")
+        command.add_argument("--metrics", required=True, help="per-step metrics (JSON lines)")
+        command.add_argument("--resume-dir", required=True, help="folder of the checkpoint")
+        command.add_argument(
+            "--checkpoint-every",
+            type=int,
+            default=defaults("segment")["checkpoint_every"],
+            help="steps",
+        )
+        command.add_argument("--no-resume", action="store_true", help="start from step 0")
+        add_settings_arguments(command, "segment", AUGMENTATION, "augmentation")
+    train.add_argument("--labels", nargs="+", required=True, help="folders of label PNGs")
+    train.add_argument("--pseudo-gt", required=True, help="stage-2 COCO JSON (the K clusters)")
+    add_settings_arguments(train, "segment", NETWORK, "network (docs/method.md, stage 5)")
+    add_settings_arguments(train, "segment", SCHEDULE, "training schedule")
+    train.set_defaults(_run=run_train)
+    probe.add_argument("--model", required=True, help="the stage-5 network (segment train)")
+    add_settings_arguments(probe, "probe", SCHEDULE, "probe schedule")
+    probe.set_defaults(_run=run_probe)
+    predict.add_argument("--model", required=True, help="a network of segment train or probe")
+    predict.add_argument("--shard", type=int, default=0)
+    predict.add_argument("--num-shards", type=int, default=1)
+    predict.add_argument("--batch-size", type=int, default=8)
+    predict.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32")
+    predict.add_argument("--crf", action="store_true", help="refine with a dense CRF")
+    add_settings_arguments(predict, "segment", CRF, "dense CRF (with --crf)")
+    predict.add_argument("--on-bad-image", choices=ON_BAD_IMAGE, default="error")
+    predict.add_argument("--out", required=True, help="folder of label PNGs to create")
+    predict.set_defaults(_run=run_predict)
+
+
+def run(args: argparse.Namespace) -> None:
+    args._run(args)
+
+
+def _digest(paths: list[Path]) -> str:
+    """A hash of the label files' names and bytes: a new training set starts a new run."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _train(
+    args: argparse.Namespace,
+    model,
+    items: list,
+    norm,
+    run_settings: dict,
+    schedule: EpochSchedule,
+    loss: str,
+    world: distributed.World,
+    device,
+) -> None:
+    """Train ``model`` on ``items`` (resuming a run with the same settings), write --out."""
+    checkpoint, metrics = resume_files(args.resume_dir, run_settings, world.main)
+    distributed.barrier(world)
+    dataset = SegmentationDataset(items, Augmentation.from_config(vars(args)), norm, schedule.seed)
+    trained = train_epochs(
+        model.to(device),
+        dataset,
+        schedule,
+        loss=loss,
+        run_settings=run_settings,
+        checkpoint=checkpoint,
+        checkpoint_every=args.checkpoint_every,
+        resume=not args.no_resume,
+        metrics_log=metrics,
+        device=device,
+        world=world,
+        workers=args.workers,
+        progress=args.progress,
+    )
+    if world.main:
+        save_weights(args.out, trained, run_settings, {"provenance": provenance()})
+        shutil.copyfile(metrics, args.metrics)
+        log.info("wrote %s and %s", args.out, args.metrics)
+    distributed.close(world)
+
+
+def run_train(args: argparse.Namespace) -> None:
+    """DeepLab-v3 on the label maps of --labels."""
+    device = resolve_device(args.device)
+    world = distributed.init(device)
+    device = world.device(device)
+    set_threads(args.threads)
+    _, num_clusters = index_annotations(read_json(args.pseudo_gt), args.pseudo_gt)
+    items, missing = labelled_images(open_dataset_from_args(args).records(), args.labels)
+    log.info("%d images with label maps (%d without, left out)", len(items), len(missing))
+    if not items:
+        raise ValueError(f"no label PNG for the images of {args.images} in {args.labels}")
+    schedule = EpochSchedule.from_config(vars(args))
+    network = DeepLabSettings.from_config(vars(args))
+    run_settings = {
+        **settings_from_args(args, NETWORK + AUGMENTATION + SCHEDULE),
+        "num_outputs": num_clusters + 1,
+        "labels_sha256": _digest([item.labels for item in items]),
+    }
+    with seeded(schedule.seed):
+        model, norm = build_deeplab(num_clusters + 1, network)
+    _train(args, model, items, norm, run_settings, schedule, "segment", world, device)
+
+
+def export_ground_truth(dataset: Dataset, records: list[ImageRecord], folder: Path) -> list:
+    """Write the semantic ground truth of ``records`` as label PNGs; return the labelled images."""
+    with Progress(len(records), "ground truth", "images") as bar:
+        for record in records:
+            labels = dataset.semantic_labels(record)
+            if labels is not None:
+                path = label_png_path(folder, record.file_name)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_label_png(path, labels)
+            bar.update()
+    return labelled_images(records, [folder])[0]
+
+
+def run_probe(args: argparse.Namespace) -> None:
+    """The linear probe: a new last convolution on the frozen network, trained on ground truth."""
+    device = resolve_device(args.device)
+    world = distributed.init(device)
+    device = world.device(device)
+    set_threads(args.threads)
+    dataset = open_dataset_from_args(args)
+    if not dataset.has_ground_truth:
+        raise ValueError(f"{args.images}: the linear probe needs ground-truth labels")
+    payload = load_weights(args.model)
+    network = DeepLabSettings.from_config(payload["settings"])
+    model, norm = build_deeplab(payload["settings"]["num_outputs"], network)
+    model.load_state_dict(payload["model"])
+    num_classes = 1 + len(dataset.class_names)
+    schedule = EpochSchedule.from_config(vars(args))
+    with seeded(schedule.seed):
+        model = probe_network(model, num_classes)
+    folder = Path(args.resume_dir) / "ground_truth"
+    items = export_ground_truth(dataset, dataset.records(), folder) if world.main else []
+    distributed.barrier(world)
+    if not world.main:
+        items = labelled_images(dataset.records(), [folder])[0]
+    run_settings = {
+        **payload["settings"],
+        **settings_from_args(args, AUGMENTATION + SCHEDULE),
+        "probe_of": hashlib.sha256(Path(args.model).read_bytes()).hexdigest(),
+        "num_outputs": num_classes,
+        "supervised": True,  # predicts ground-truth classes
+        "probe_splits": args.splits,
+    }
+    _train(args, model, items, norm, run_settings, schedule, "probe", world, device)
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    """Label PNGs of one shard of the dataset's images."""
+    device = resolve_device(args.device)
+    set_threads(args.threads)
+    payload = load_weights(args.model)
+    settings = payload["settings"]
+    model, norm = build_deeplab(settings["num_outputs"], DeepLabSettings.from_config(settings))
+    if settings.get("supervised"):  # a linear probe: the new last convolution
+        model = probe_network(model, settings["num_outputs"])
+    model.load_state_dict(payload["model"])
+    model = model.to(device).eval()
+    records = select_shard(open_dataset_from_args(args).records(), args.shard, args.num_shards)
+    crf = CRFSettings.from_config(vars(args)) if args.crf else None
+    log.info("shard %d of %d: %d images, CRF %s", args.shard, args.num_shards, len(records), crf)
+    skipped: list[tuple[str, str]] = []
+    with atomic_path(args.out) as tmp:
+        tmp.mkdir(parents=True)
+        for record, labels in predict_label_maps(
+            model,
+            records,
+            size=settings["size"],
+            norm=norm,
+            device=device,
+            crf=crf,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            precision=args.precision,
+            on_bad_image=args.on_bad_image,
+            skipped=skipped,
+            progress=args.progress,
+        ):
+            path = label_png_path(tmp, record.file_name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_label_png(path, labels)
+    write_skipped(f"{str(args.out).rstrip('/')}.skipped.tsv", skipped)
+    log.info("wrote %d label maps to %s", len(records) - len(skipped), args.out)

@@ -1,0 +1,100 @@
+"""Stage 4: confident Mask R-CNN predictions -> one palette PNG label map per image.
+
+For every image of the pseudo ground truth (the learning images): its predictions scoring at
+least --tau, or its best one alone when none does, painted in descending score with their
+category id (1 + cluster index) on an all-zero map; a mask touching pixels painted before it
+is skipped (--overlap skip, the paper's text) or paints over them (overwrite, the reference
+code's actual behaviour). The PNGs (``<out>/<file name stem>.png``, data/README.md) are written
+into a temporary folder renamed when complete; --stats gets what was kept per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections import Counter
+
+from maskdistill.commands.settings_args import add_settings_arguments
+from maskdistill.evaluation import by_image, index_annotations
+from maskdistill.io import atomic_path, read_json, write_json
+from maskdistill.masks import IGNORE, decode_rle, label_png_path, write_label_png
+from maskdistill.progress import Progress
+from maskdistill.provenance import provenance
+from maskdistill.select import select_label_map
+
+log = logging.getLogger(__name__)
+SETTINGS = ("tau", "overlap")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--predictions", required=True, help="stage-3 predictions (JSON list)")
+    parser.add_argument("--pseudo-gt", required=True, help="stage-2 COCO JSON: the images")
+    add_settings_arguments(parser, "select", SETTINGS, "selection (docs/method.md, stage 4)")
+    parser.add_argument("--out", required=True, help="folder of label PNGs to create")
+    parser.add_argument("--stats", required=True, help="selection statistics (JSON)")
+
+
+def run(args: argparse.Namespace) -> None:
+    index = read_json(args.pseudo_gt)
+    _, num_categories = index_annotations(index, args.pseudo_gt)
+    if num_categories >= IGNORE:
+        raise ValueError(
+            f"{args.pseudo_gt}: {num_categories} categories; a label PNG holds at most "
+            f"{IGNORE - 1} (lower cluster.k x cluster.overcluster)"
+        )
+    predictions = read_json(args.predictions)
+    if not isinstance(predictions, list):
+        raise ValueError(f"{args.predictions}: not a COCO results list")
+    grouped = by_image(predictions)
+    rows, seen = [], set()
+    with atomic_path(args.out) as tmp, Progress(len(index["images"]), "select", "images") as bar:
+        for image in index["images"]:
+            path = label_png_path(tmp, image["file_name"])
+            if path in seen:
+                raise ValueError(
+                    f"{args.pseudo_gt}: two images share the label file {path.name} "
+                    f"(same name, other extension: {image['file_name']!r})"
+                )
+            seen.add(path)
+            selection = select_label_map(
+                grouped.get(image["file_name"], []),
+                (image["height"], image["width"]),
+                args.tau,
+                args.overlap,
+                lambda p: decode_rle(p["segmentation"]),
+            )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_label_png(path, selection.labels)
+            rows.append(
+                {
+                    "file_name": image["file_name"],
+                    "predictions": len(grouped.get(image["file_name"], [])),
+                    "kept": selection.kept,
+                    "painted": selection.painted,
+                    "fell_back": selection.fell_back,
+                    "coverage": round(selection.coverage, 4),
+                }
+            )
+            bar.update()
+    write_json(args.stats, selection_stats(rows, args, num_categories))
+    log.info("wrote %d label maps to %s", len(rows), args.out)
+
+
+def selection_stats(rows: list[dict], args: argparse.Namespace, num_categories: int) -> dict:
+    """The stats JSON (data/README.md, "Selection stats JSON")."""
+    count = max(len(rows), 1)
+    return {
+        "tau": args.tau,
+        "overlap": args.overlap,
+        "num_categories": num_categories,
+        "num_images": len(rows),
+        "num_without_predictions": sum(r["predictions"] == 0 for r in rows),
+        "num_fell_back": sum(r["fell_back"] for r in rows),
+        "kept_per_image": dict(sorted(Counter(r["kept"] for r in rows).items())),
+        "num_kept": sum(r["kept"] for r in rows),
+        "num_painted": sum(r["painted"] for r in rows),
+        "mean_coverage": sum(r["coverage"] for r in rows) / count,
+        "images": rows,
+        "predictions": args.predictions,
+        "provenance": provenance(),
+    }

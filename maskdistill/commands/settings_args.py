@@ -1,0 +1,47 @@
+"""Command-line flags for the settings of a config section, declared from the config schema.
+
+Each setting ``a_b`` of the section becomes ``--a-b`` with the schema's type, choices, default
+and description, so a command and the workflow (``maskdistill.workflow.cli_flags``) agree on
+every setting without restating it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable
+from typing import Any
+
+from maskdistill.config import load_schema
+
+_TYPES = {"integer": int, "number": float, "string": str}
+
+
+def _section_properties(section: str) -> dict[str, dict[str, Any]]:
+    return load_schema()["properties"][section]["properties"]
+
+
+def add_settings_arguments(
+    parser: argparse.ArgumentParser, section: str, names: Iterable[str], title: str | None = None
+) -> None:
+    """One flag per setting ``names`` of config section ``section``."""
+    properties = _section_properties(section)
+    group = parser.add_argument_group(title or f"settings (config section {section!r})")
+    for name in names:
+        spec = properties[name]
+        flag = "--" + name.replace("_", "-")
+        kwargs: dict[str, Any] = {"default": spec.get("default"), "help": spec.get("description")}
+        kind = spec.get("type")
+        if kind == "boolean":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind == "array":
+            kwargs.update(nargs="+", type=_TYPES[spec["items"]["type"]])
+        else:
+            kwargs["type"] = _TYPES[kind]
+            if "enum" in spec:
+                kwargs["choices"] = spec["enum"]
+        group.add_argument(flag, **kwargs)
+
+
+def settings_from_args(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
+    """The parsed values of the settings ``names``."""
+    return {name: getattr(args, name) for name in names}

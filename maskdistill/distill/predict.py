@@ -1,0 +1,107 @@
+"""Mask R-CNN predictions for many images: batched, under ``inference_mode``, as COCO results.
+
+Each prediction is a COCO results entry: ``image_id``, ``file_name`` (the join key),
+``category_id`` (1..K, the cluster), ``score``, ``bbox`` [x, y, w, h] (the detector's box) and
+``segmentation``, the compressed RLE of the mask thresholded at probability 0.5, at the
+original image size. Images are batched by size, in (size, file name) order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from maskdistill.data.base import ImageRecord
+from maskdistill.loader import image_batches, image_tensor
+from maskdistill.masks import encode_rle
+from maskdistill.runtime import autocast
+
+MASK_THRESHOLD = 0.5
+
+
+def _prepare(image: np.ndarray, record: ImageRecord) -> torch.Tensor:
+    return image_tensor(image)
+
+
+def _header_size(size: tuple[int, int]) -> tuple[int, int]:
+    return tuple(size)
+
+
+def _tensor_size(tensor: torch.Tensor) -> tuple[int, int]:
+    return tuple(tensor.shape[-2:])
+
+
+def detections(
+    output: Mapping[str, torch.Tensor], image_id: int, file_name: str
+) -> list[dict[str, Any]]:
+    """COCO results entries of one image's Mask R-CNN output (in the output's score order).
+
+    Args:
+        output: torchvision's ``boxes`` (N, 4) x1 y1 x2 y2, ``labels`` (N,), ``scores`` (N,),
+            ``masks`` (N, 1, H, W) probabilities.
+    """
+    boxes = output["boxes"].float().cpu().numpy()
+    labels = output["labels"].cpu().numpy()
+    scores = output["scores"].float().cpu().numpy()
+    masks = (output["masks"][:, 0] > MASK_THRESHOLD).cpu().numpy()
+    entries = []
+    for box, label, score, mask in zip(boxes, labels, scores, masks, strict=True):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        entries.append(
+            {
+                "image_id": int(image_id),
+                "file_name": file_name,
+                "category_id": int(label),
+                "score": round(float(score), 5),
+                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                "segmentation": encode_rle(mask),
+            }
+        )
+    return entries
+
+
+def predict_images(
+    model: torch.nn.Module,
+    records: Sequence[ImageRecord],
+    image_ids: Mapping[str, int],
+    *,
+    device: torch.device,
+    batch_size: int = 4,
+    workers: int = 0,
+    precision: str = "fp32",
+    on_bad_image: str = "error",
+    skipped: list[tuple[str, str]] | None = None,
+    progress: bool = True,
+) -> Iterator[list[dict[str, Any]]]:
+    """Yield each readable image's predictions (a list, possibly empty), batched by image size.
+
+    Args:
+        model: the Mask R-CNN in evaluation mode, on ``device``.
+        records: the images.
+        image_ids: file name -> image id of the predictions (the pseudo ground truth's).
+        precision: "fp32", or "fp16"/"bf16" autocast.
+        on_bad_image, skipped: as :func:`maskdistill.loader.image_batches`.
+    """
+    batches = image_batches(
+        records,
+        prepare=_prepare,
+        predict_key=_header_size,
+        actual_key=_tensor_size,
+        batch_size=batch_size,
+        workers=workers,
+        on_bad_image=on_bad_image,
+        skipped=skipped,
+        progress=progress,
+        desc="distill predict",
+    )
+    with torch.inference_mode():
+        for items in batches:
+            images = [item.value.to(device) for item in items]
+            with autocast(device, precision):
+                outputs = model(images)
+            for item, output in zip(items, outputs, strict=True):
+                name = item.record.file_name
+                yield detections(output, image_ids[name], name)

@@ -1,0 +1,232 @@
+"""Training Mask R-CNN on the pseudo ground truth: iteration-based, resumable, data-parallel.
+
+The recipe is detectron2's for R50-FPN: SGD with momentum, weight decay (none on the norm
+layers), a linear warm-up, the learning rate divided by 10 at given fractions of training, and
+the linear scaling rule: ``lr`` is the rate of a total batch of 16 images, the run uses
+``lr * batch_size / 16``. Mixed precision on CUDA. Every ``checkpoint_every`` iterations the
+rolling checkpoint (network, optimiser, gradient scaler, iteration, RNG states) is rewritten;
+a rerun resumes from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from maskdistill.distill.data import DistillDataset, step_batches
+from maskdistill.distributed import World, unwrap, wrap
+from maskdistill.runtime import training_precision
+from maskdistill.training import (
+    MetricsLog,
+    load_checkpoint,
+    parameter_groups,
+    restore_rng,
+    run_steps,
+    save_checkpoint,
+    step_decay_schedule,
+)
+
+log = logging.getLogger(__name__)
+
+REFERENCE_BATCH = 16  # ``lr`` is the learning rate of this total batch (detectron2's)
+
+
+@dataclass(frozen=True)
+class DistillTrainSettings:
+    """The training schedule (config ``distill``; docs/method.md, stage 3).
+
+    Attributes:
+        iterations: optimiser steps.
+        batch_size: images per step, over all processes.
+        lr: learning rate for a batch of 16 (scaled linearly to ``batch_size``).
+        momentum, weight_decay: SGD's (no weight decay on norm layers).
+        warmup_iterations, warmup_factor: linear warm-up from ``warmup_factor`` x lr.
+        lr_steps: fractions of ``iterations`` after which the rate is multiplied by ``gamma``.
+        gamma: the decay factor.
+        clip_grad: gradient-norm clip (0: none).
+        flip: horizontal-flip augmentation.
+        amp: mixed precision on CUDA.
+        seed: every random draw of the run.
+    """
+
+    iterations: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    warmup_iterations: int
+    warmup_factor: float
+    lr_steps: tuple[float, ...]
+    gamma: float
+    clip_grad: float
+    flip: bool
+    amp: bool
+    seed: int
+
+    @classmethod
+    def from_config(cls, values: dict[str, Any]) -> DistillTrainSettings:
+        fields = {f.name: values[f.name] for f in dataclasses.fields(cls)}
+        fields["lr_steps"] = tuple(fields["lr_steps"])
+        return cls(**fields)
+
+    @property
+    def scaled_lr(self) -> float:
+        """The learning rate of this run's total batch."""
+        return self.lr * self.batch_size / REFERENCE_BATCH
+
+    @property
+    def milestones(self) -> list[int]:
+        """Iterations after which the rate decays."""
+        return [round(f * self.iterations) for f in self.lr_steps]
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of iteration ``step``."""
+        return step_decay_schedule(
+            step,
+            self.scaled_lr,
+            self.milestones,
+            self.gamma,
+            self.warmup_iterations,
+            self.warmup_factor,
+        )
+
+
+class StepSampler:
+    """The DataLoader keys (image index, step) of each step's share of the global batch."""
+
+    def __init__(
+        self,
+        dataset: DistillDataset,
+        settings: DistillTrainSettings,
+        world: World,
+        start: int,
+        stop: int,
+    ) -> None:
+        self.groups = [image.landscape for image in dataset.images]
+        self.settings, self.world, self.start, self.stop = settings, world, start, stop
+
+    def steps(self) -> Iterator[tuple[int, list[int]]]:
+        """(step, this process's image indices) for the steps ``start`` .. ``stop - 1``."""
+        s = self.settings
+        for step, batch in step_batches(self.groups, s.batch_size, s.seed, self.start, self.stop):
+            yield step, self.world.share(batch)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step, indices in self.steps():
+            yield [(index, step) for index in indices]
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def _detection_losses(model: torch.nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
+    """Mask R-CNN's five losses of one batch (images and targets on the model's device)."""
+    images, targets = batch
+    return model(images, targets)
+
+
+def _on_device(samples: list, device: torch.device) -> tuple[list, list]:
+    images = [image.to(device, non_blocking=True) for image, _ in samples]
+    targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for _, t in samples]
+    return images, targets
+
+
+def train_maskrcnn(
+    model: torch.nn.Module,
+    dataset: DistillDataset,
+    settings: DistillTrainSettings,
+    *,
+    run_settings: dict[str, Any],
+    checkpoint: str | Path,
+    checkpoint_every: int,
+    resume: bool,
+    metrics_log: str | Path | None,
+    device: torch.device,
+    world: World,
+    workers: int = 0,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> torch.nn.Module:
+    """Train (or resume) ``model`` to ``settings.iterations``; return the trained network.
+
+    Args:
+        model: the Mask R-CNN, on ``device``.
+        dataset: the training samples.
+        run_settings: everything that decides the result (stored in the checkpoint; a resume
+            with other settings is refused).
+        checkpoint: the rolling checkpoint file (resumed from when it exists and ``resume``).
+        metrics_log: JSON lines, one per iteration (rank 0).
+        world: the DDP processes (one: no DDP).
+        workers: DataLoader processes loading images.
+        stop_after: stop (with a checkpoint) once this many iterations are done, for
+            time-sliced runs; the schedule stays that of ``settings.iterations``.
+    """
+    checkpoint = Path(checkpoint)
+    optimizer = torch.optim.SGD(
+        parameter_groups(model, settings.weight_decay, norm_decay=0.0),
+        lr=settings.scaled_lr,
+        momentum=settings.momentum,
+    )
+    precision = training_precision(device, settings.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision != "fp32")
+    start = 0
+    if resume and checkpoint.exists():
+        payload = load_checkpoint(checkpoint, run_settings)
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scaler.load_state_dict(payload["scaler"])
+        restore_rng(payload)
+        start = int(payload["step"])
+        log.info("resumed from %s at iteration %d", checkpoint, start)
+    stop = settings.iterations if stop_after is None else min(stop_after, settings.iterations)
+    ddp_model = wrap(model, world, device)
+    ddp_model.train()
+    sampler = StepSampler(dataset, settings, world, start, stop)
+    loader = DataLoader(
+        dataset, batch_sampler=sampler, num_workers=workers, collate_fn=list, pin_memory=False
+    )
+    batches = (
+        (step, _on_device(samples, device))
+        for (step, _), samples in zip(sampler.steps(), loader, strict=True)
+    )
+
+    def save(done: int) -> None:
+        save_checkpoint(
+            checkpoint,
+            step=done,
+            settings=run_settings,
+            states={
+                "model": unwrap(ddp_model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+            },
+        )
+
+    run_steps(
+        ddp_model,
+        optimizer,
+        batches,
+        _detection_losses,
+        lr_at=settings.lr_at,
+        stop=stop,
+        start=start,
+        save=save,
+        checkpoint_every=checkpoint_every,
+        metrics=MetricsLog(metrics_log if world.main else None, start_step=start),
+        scaler=scaler,
+        device=device,
+        precision=precision,
+        clip_grad=settings.clip_grad,
+        seed=settings.seed,
+        rank=world.rank,
+        stage="distill",
+        progress=progress,
+    )
+    return unwrap(ddp_model)

@@ -1,0 +1,138 @@
+"""Stage 5 samples: images with their label maps, augmented as the reference does.
+
+Training augmentation (docs/method.md, stage 5): a horizontal flip (p 0.5), then one affine
+transform about the image centre with a scale drawn from ``scale_range`` and a rotation from
++- ``rotation`` degrees (image bilinear with black borders, labels nearest with ``IGNORE``
+borders: pixels from outside the image are not scored), then a resize to ``size`` x ``size``
+(image bilinear, labels nearest), normalisation with the backbone's statistics. Every draw
+comes from a generator seeded by (seed, step, image). At prediction time the image is only
+resized and normalised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import InterpolationMode
+
+from maskdistill.data.base import ImageRecord
+from maskdistill.images import load_image
+from maskdistill.loader import image_tensor
+from maskdistill.masks import IGNORE, label_png_path, read_label_png
+from maskdistill.models.norm import Normalization
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Training augmentation settings (config ``segment``)."""
+
+    size: int  # pixels, the side of the square network input (reference 512)
+    scale_range: tuple[float, float]  # reference (0.75, 1.25)
+    rotation: float  # degrees, reference 5
+    flip: bool
+
+    @classmethod
+    def from_config(cls, values: dict[str, Any]) -> Augmentation:
+        fields = {f.name: values[f.name] for f in dataclasses.fields(cls)}
+        fields["scale_range"] = tuple(fields["scale_range"])
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    """A training image and its label map (a PNG of labels, ``IGNORE`` not scored)."""
+
+    file_name: str
+    image: Path
+    labels: Path
+
+
+def labelled_images(
+    records: Iterable[ImageRecord], label_folders: Sequence[str | Path]
+) -> tuple[list[LabelledImage], list[str]]:
+    """The records that have a label PNG in one of ``label_folders``, and those that have none."""
+    found, missing = [], []
+    for record in records:
+        paths = [label_png_path(folder, record.file_name) for folder in label_folders]
+        existing = [path for path in paths if path.is_file()]
+        if existing:
+            found.append(LabelledImage(record.file_name, record.path, existing[0]))
+        else:
+            missing.append(record.file_name)
+    return found, missing
+
+
+def network_input(image: np.ndarray, size: int, norm: Normalization) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, size, size) resized (bilinear, antialiased) and normalised."""
+    tensor = TF.resize(image_tensor(image), [size, size], antialias=True)
+    return TF.normalize(tensor, list(norm.mean), list(norm.std))
+
+
+def augment(
+    image: torch.Tensor,
+    labels: torch.Tensor,
+    settings: Augmentation,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip, scale and rotate, resize: image (3, H, W) in [0, 1], labels (1, H, W) uint8."""
+    if settings.flip and rng.random() < 0.5:
+        image, labels = TF.horizontal_flip(image), TF.horizontal_flip(labels)
+    scale = float(rng.uniform(*settings.scale_range))
+    angle = float(rng.uniform(-settings.rotation, settings.rotation))
+    common = {"angle": angle, "translate": [0, 0], "scale": scale, "shear": [0.0, 0.0]}
+    image = TF.affine(image, interpolation=InterpolationMode.BILINEAR, fill=0.0, **common)
+    labels = TF.affine(labels, interpolation=InterpolationMode.NEAREST, fill=IGNORE, **common)
+    size = [settings.size, settings.size]
+    image = TF.resize(image, size, antialias=True)
+    labels = TF.resize(labels, size, interpolation=InterpolationMode.NEAREST)
+    return image, labels
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """Augmented training samples keyed by (image index, step)."""
+
+    def __init__(
+        self,
+        items: Sequence[LabelledImage],
+        settings: Augmentation,
+        norm: Normalization,
+        seed: int,
+    ) -> None:
+        self.items = list(items)
+        self.settings = settings
+        self.norm = norm
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(3, size, size) normalised image and (size, size) int64 labels."""
+        index, step = key
+        item = self.items[index]
+        image = load_image(item.image)
+        labels = read_label_png(item.labels)
+        if labels.shape != image.shape[:2]:
+            raise ValueError(
+                f"{item.labels}: label map {labels.shape} does not fit its image "
+                f"{item.image} {image.shape[:2]}"
+            )
+        rng = np.random.default_rng([self.seed, step, index])
+        tensor, label_map = augment(
+            image_tensor(image), torch.from_numpy(labels)[None], self.settings, rng
+        )
+        tensor = TF.normalize(tensor, list(self.norm.mean), list(self.norm.std))
+        return tensor, label_map[0].long()
+
+
+def epoch_order(count: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """One epoch's batches: a (seed, epoch) permutation cut into full batches (the rest dropped)."""
+    order = np.random.default_rng([seed, epoch]).permutation(count).tolist()
+    return [order[i : i + batch_size] for i in range(0, count - batch_size + 1, batch_size)]

@@ -1,0 +1,93 @@
+"""Stage 5 predictions: label maps at the original image size, optionally refined by a dense CRF.
+
+Each image is resized to the network's square input (as in training), the logits are upsampled
+bilinearly to the original size, and each pixel takes the argmax (or, with a CRF, the argmax of
+the CRF-refined softmax). Batched: every image has the same input shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from maskdistill.data.base import ImageRecord
+from maskdistill.loader import image_batches
+from maskdistill.models.norm import Normalization
+from maskdistill.runtime import autocast
+from maskdistill.segment.crf import CRFSettings, dense_crf
+from maskdistill.segment.data import network_input
+
+
+@dataclass
+class PredictionInput:
+    """One decoded image: the network's input and the original pixels (for the CRF)."""
+
+    tensor: torch.Tensor  # (3, size, size) normalised
+    image: np.ndarray | None  # (H, W, 3) uint8, kept only for the CRF
+
+
+def _prepare(
+    image: np.ndarray, record: ImageRecord, size: int, norm: Normalization, keep: bool
+) -> PredictionInput:
+    return PredictionInput(network_input(image, size, norm), image if keep else None)
+
+
+def _same(_: object) -> int:
+    return 0  # every image has the network's input shape
+
+
+def predict_label_maps(
+    model: torch.nn.Module,
+    records: Sequence[ImageRecord],
+    *,
+    size: int,
+    norm: Normalization,
+    device: torch.device,
+    crf: CRFSettings | None = None,
+    batch_size: int = 8,
+    workers: int = 0,
+    precision: str = "fp32",
+    on_bad_image: str = "error",
+    skipped: list[tuple[str, str]] | None = None,
+    progress: bool = True,
+) -> Iterator[tuple[ImageRecord, np.ndarray]]:
+    """Yield (record, (H, W) int64 labels) for each readable image.
+
+    Args:
+        model: the DeepLab in evaluation mode, on ``device``.
+        size: the network's input side (the training ``size``).
+        norm: the network's input normalisation.
+        crf: refine with a dense CRF (None: plain argmax).
+        other arguments as :func:`maskdistill.loader.image_batches`.
+    """
+    batches = image_batches(
+        records,
+        prepare=partial(_prepare, size=size, norm=norm, keep=crf is not None),
+        predict_key=_same,
+        actual_key=_same,
+        batch_size=batch_size,
+        workers=workers,
+        on_bad_image=on_bad_image,
+        skipped=skipped,
+        progress=progress,
+        desc="segment predict" if crf is None else "segment predict + CRF",
+    )
+    with torch.inference_mode():
+        for items in batches:
+            inputs = torch.stack([item.value.tensor for item in items]).to(device)
+            with autocast(device, precision):
+                logits = model(inputs)["out"].float()
+            for item, item_logits in zip(items, logits, strict=True):
+                full = F.interpolate(
+                    item_logits[None], size=item.image_size, mode="bilinear", align_corners=False
+                )[0]
+                if crf is None:
+                    yield item.record, full.argmax(dim=0).cpu().numpy()
+                else:
+                    probabilities = full.softmax(dim=0).cpu().numpy()
+                    yield item.record, dense_crf(item.value.image, probabilities, crf)

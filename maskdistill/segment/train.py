@@ -1,0 +1,238 @@
+"""Training DeepLab-v3 on label maps (stage 5) and the linear probe: epochs, resumable, DDP.
+
+Both run on :func:`maskdistill.training.run_steps`: an epoch is a (seed, epoch) permutation of
+the images cut into full batches; the learning rate is multiplied by ``gamma`` at the epochs
+``lr_epochs``; SGD with momentum and weight decay on every trained parameter. Stage 5 uses the
+hard-pixel-mining cross-entropy; the probe trains only a new last 1 x 1 convolution with plain
+cross-entropy on ground-truth labels, the rest of the network frozen in evaluation mode. The
+final model is the result: no epoch is picked by its validation score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from maskdistill.distributed import World, unwrap, wrap
+from maskdistill.masks import IGNORE
+from maskdistill.runtime import training_precision
+from maskdistill.segment.data import SegmentationDataset, epoch_order
+from maskdistill.segment.loss import ohem_cross_entropy
+from maskdistill.training import (
+    MetricsLog,
+    load_checkpoint,
+    parameter_groups,
+    restore_rng,
+    run_steps,
+    save_checkpoint,
+    step_decay_schedule,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EpochSchedule:
+    """An epoch-based SGD schedule (config ``segment``, ``probe``).
+
+    Attributes:
+        epochs: passes over the training images.
+        batch_size: images per step, over all processes.
+        lr, momentum, weight_decay: SGD's.
+        lr_epochs: epochs after which the rate is multiplied by ``gamma``.
+        gamma: the decay factor.
+        clip_grad: gradient-norm clip (0: none).
+        amp: mixed precision on CUDA.
+        seed: every random draw of the run.
+    """
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    lr_epochs: tuple[int, ...]
+    gamma: float
+    clip_grad: float
+    amp: bool
+    seed: int
+
+    @classmethod
+    def from_config(cls, values: dict[str, Any]) -> EpochSchedule:
+        fields = {f.name: values[f.name] for f in dataclasses.fields(cls)}
+        fields["lr_epochs"] = tuple(fields["lr_epochs"])
+        return cls(**fields)
+
+    def steps_per_epoch(self, images: int) -> int:
+        """Full batches per epoch (raises ValueError when there is not even one)."""
+        steps = images // self.batch_size
+        if steps == 0:
+            raise ValueError(f"batch size {self.batch_size}: only {images} training images")
+        return steps
+
+    def lr_at(self, step: int, steps_per_epoch: int) -> float:
+        """The learning rate of step ``step``: decayed after each epoch of ``lr_epochs``."""
+        return step_decay_schedule(step // steps_per_epoch, self.lr, self.lr_epochs, self.gamma)
+
+
+class EpochSampler:
+    """The DataLoader keys (image index, step) of each step's share of the global batch."""
+
+    def __init__(
+        self, count: int, schedule: EpochSchedule, world: World, start: int, stop: int
+    ) -> None:
+        self.count, self.schedule, self.world = count, schedule, world
+        self.start, self.stop = start, stop
+        self.per_epoch = schedule.steps_per_epoch(count)
+
+    def steps(self) -> Iterator[tuple[int, list[int]]]:
+        """(step, this process's image indices) for the steps ``start`` .. ``stop - 1``."""
+        s = self.schedule
+        for epoch in range(self.start // self.per_epoch, s.epochs):
+            for i, batch in enumerate(epoch_order(self.count, s.batch_size, s.seed, epoch)):
+                step = epoch * self.per_epoch + i
+                if self.start <= step < self.stop:
+                    yield step, self.world.share(batch)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step, indices in self.steps():
+            yield [(index, step) for index in indices]
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def _on_device(samples: list, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.stack([image for image, _ in samples]).to(device, non_blocking=True)
+    labels = torch.stack([labels for _, labels in samples]).to(device, non_blocking=True)
+    return images, labels
+
+
+def segmentation_loss(model: nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
+    """Stage 5's loss: hard-pixel-mining cross-entropy of the logits."""
+    images, labels = batch
+    return {"ohem": ohem_cross_entropy(model(images)["out"], labels)}
+
+
+def probe_loss(model: nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
+    """The linear probe's loss: cross-entropy over the valid pixels."""
+    images, labels = batch
+    logits = model(images)["out"]
+    return {"cross_entropy": F.cross_entropy(logits, labels, ignore_index=IGNORE)}
+
+
+def train_epochs(
+    model: nn.Module,
+    dataset: SegmentationDataset,
+    schedule: EpochSchedule,
+    *,
+    loss: str,
+    run_settings: dict[str, Any],
+    checkpoint: str | Path,
+    checkpoint_every: int,
+    resume: bool,
+    metrics_log: str | Path | None,
+    device: torch.device,
+    world: World,
+    workers: int = 0,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> nn.Module:
+    """Train (or resume) ``model`` for ``schedule.epochs`` epochs; return the trained network.
+
+    Args:
+        model: the network on ``device``; only its parameters with ``requires_grad`` train.
+        loss: ``segment`` (hard pixel mining) or ``probe`` (cross-entropy).
+        run_settings: everything that decides the result (stored in the checkpoint).
+        checkpoint_every: steps between checkpoints.
+        stop_after: stop (with a checkpoint) after this many steps (time-sliced runs).
+    Other arguments as :func:`maskdistill.distill.train.train_maskrcnn`.
+    """
+    loss_fn = {"segment": segmentation_loss, "probe": probe_loss}[loss]
+    checkpoint = Path(checkpoint)
+    optimizer = torch.optim.SGD(
+        parameter_groups(model, schedule.weight_decay), lr=schedule.lr, momentum=schedule.momentum
+    )
+    precision = training_precision(device, schedule.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision != "fp32")
+    start = 0
+    if resume and checkpoint.exists():
+        payload = load_checkpoint(checkpoint, run_settings)
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scaler.load_state_dict(payload["scaler"])
+        restore_rng(payload)
+        start = int(payload["step"])
+        log.info("resumed from %s at step %d", checkpoint, start)
+    per_epoch = schedule.steps_per_epoch(len(dataset))
+    total = per_epoch * schedule.epochs
+    stop = total if stop_after is None else min(stop_after, total)
+    if world.size > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ddp_model = wrap(model, world, device)
+    ddp_model.train()
+    sampler = EpochSampler(len(dataset), schedule, world, start, stop)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=list)
+    batches = (
+        (step, _on_device(samples, device))
+        for (step, _), samples in zip(sampler.steps(), loader, strict=True)
+    )
+
+    def save(done: int) -> None:
+        save_checkpoint(
+            checkpoint,
+            step=done,
+            settings=run_settings,
+            states={
+                "model": unwrap(ddp_model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+            },
+        )
+
+    run_steps(
+        ddp_model,
+        optimizer,
+        batches,
+        loss_fn,
+        lr_at=lambda step: schedule.lr_at(step, per_epoch),
+        stop=stop,
+        start=start,
+        save=save,
+        checkpoint_every=checkpoint_every,
+        metrics=MetricsLog(metrics_log if world.main else None, start_step=start),
+        scaler=scaler,
+        device=device,
+        precision=precision,
+        clip_grad=schedule.clip_grad,
+        seed=schedule.seed,
+        rank=world.rank,
+        stage=loss,
+        progress=progress,
+    )
+    return unwrap(ddp_model)
+
+
+def probe_network(model: nn.Module, num_classes: int) -> nn.Module:
+    """``model`` frozen, with a new last 1 x 1 convolution to ``num_classes`` outputs.
+
+    The new convolution's weights are drawn from N(0, 0.01) and its bias is 0 (the reference);
+    every other parameter is fixed and the network stays in evaluation mode in training.
+    """
+    old = model.classifier_conv
+    new = nn.Conv2d(old.in_channels, num_classes, kernel_size=1)
+    nn.init.normal_(new.weight, mean=0.0, std=0.01)
+    nn.init.zeros_(new.bias)
+    model.classifier[-1] = new
+    last = len(model.classifier) - 1
+    model.freeze(["backbone"] + [f"classifier.{i}" for i in range(last)])
+    return model

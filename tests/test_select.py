@@ -1,0 +1,93 @@
+"""Stage 4 (select): the tau rule and its fallback, skip vs overwrite, label values, the PNGs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from maskdistill import cli
+from maskdistill.masks import decode_rle, encode_rle, read_label_png
+from maskdistill.select import confident, select_label_map
+
+
+def _prediction(mask: np.ndarray, score: float, category: int, name: str = "a.jpg") -> dict:
+    return {
+        "file_name": name,
+        "image_id": 0,
+        "category_id": category,
+        "score": score,
+        "segmentation": encode_rle(mask),
+    }
+
+
+def _box(rows: slice, cols: slice, shape=(6, 6)) -> np.ndarray:
+    mask = np.zeros(shape, bool)
+    mask[rows, cols] = True
+    return mask
+
+
+def decode(p: dict) -> np.ndarray:
+    return decode_rle(p["segmentation"])
+
+
+# top-left (score 0.95, class 2), overlapping centre (0.92, class 3), bottom-right (0.5, class 4)
+TOP = _prediction(_box(slice(0, 3), slice(0, 3)), 0.95, 2)
+CENTRE = _prediction(_box(slice(2, 5), slice(2, 5)), 0.92, 3)
+LOW = _prediction(_box(slice(5, 6), slice(5, 6)), 0.5, 4)
+
+
+def test_tau_keeps_the_confident_predictions_or_the_best_one_alone():
+    kept, fell_back = confident([LOW, CENTRE, TOP], tau=0.9)
+    assert [p["score"] for p in kept] == [0.95, 0.92] and not fell_back
+    kept, fell_back = confident([LOW, CENTRE], tau=0.99)
+    assert [p["score"] for p in kept] == [0.92] and fell_back
+    assert confident([], tau=0.9) == ([], False)
+
+
+def test_skip_leaves_out_a_mask_touching_painted_pixels_and_overwrite_paints_over():
+    skip = select_label_map([LOW, CENTRE, TOP], (6, 6), 0.9, "skip", decode)
+    expected = np.zeros((6, 6), np.int32)
+    expected[0:3, 0:3] = 2  # CENTRE touches TOP at (2, 2): skipped
+    np.testing.assert_array_equal(skip.labels, expected)
+    assert (skip.kept, skip.painted, skip.fell_back) == (2, 1, False)
+    overwrite = select_label_map([LOW, CENTRE, TOP], (6, 6), 0.9, "overwrite", decode)
+    expected[2:5, 2:5] = 3  # the lower-scored mask wins where they overlap
+    np.testing.assert_array_equal(overwrite.labels, expected)
+    assert (overwrite.kept, overwrite.painted) == (2, 2)
+    assert overwrite.coverage == pytest.approx((9 + 9 - 1) / 36)
+    with pytest.raises(ValueError, match="overlap"):
+        select_label_map([TOP], (6, 6), 0.9, "fill", decode)
+
+
+def test_the_command_writes_one_palette_png_per_image_and_the_stats(tmp_path):
+    index = {
+        "images": [
+            {"id": 0, "file_name": "a.jpg", "height": 6, "width": 6},
+            {"id": 1, "file_name": "sub/b.jpg", "height": 6, "width": 6},
+            {"id": 2, "file_name": "c.jpg", "height": 6, "width": 6},
+        ],
+        "annotations": [],
+        "categories": [{"id": k} for k in range(1, 5)],
+    }
+    b_only = _prediction(_box(slice(1, 4), slice(1, 4)), 0.3, 4, "sub/b.jpg")
+    (tmp_path / "pgt.json").write_text(json.dumps(index))
+    (tmp_path / "pred.json").write_text(json.dumps([LOW, CENTRE, TOP, b_only]))
+    out = ["--out", str(tmp_path / "labels"), "--stats", str(tmp_path / "stats.json")]
+    cli.main(["select", "--predictions", str(tmp_path / "pred.json"),
+              "--pseudo-gt", str(tmp_path / "pgt.json"), "--tau", "0.9", "--overlap", "skip",
+              *out])  # fmt: skip
+    a = read_label_png(tmp_path / "labels" / "a.png")
+    assert a[0, 0] == 2 and a[3, 3] == 0 and a.dtype == np.uint8
+    b = read_label_png(tmp_path / "labels" / "sub" / "b.png")
+    assert b[2, 2] == 4 and b.sum() == 4 * 9  # fell back to its only prediction
+    assert not read_label_png(tmp_path / "labels" / "c.png").any()  # no prediction: background
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert (stats["num_images"], stats["num_fell_back"], stats["num_without_predictions"]) == (
+        3,
+        1,
+        1,
+    )
+    assert stats["kept_per_image"] == {"0": 1, "1": 1, "2": 1}
+    assert (stats["num_kept"], stats["num_painted"]) == (3, 2)
