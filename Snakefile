@@ -8,6 +8,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/demo_data.smk"
 include: "rules/pretrain.smk"
@@ -17,14 +20,17 @@ include: "rules/distill.smk"
 include: "rules/select.smk"
 include: "rules/segment.smk"
 include: "rules/evaluate.smk"
+include: "rules/visualize.smk"
 
 
-# cheap steps run where Snakemake runs, never as cluster jobs
+# cheap steps (tables, pictures: seconds each) run where Snakemake runs, never as cluster jobs
 localrules:
     all,
     distill_merge,
     evaluate_ablation,
     evaluate_table,
+    visualize_sheet,
+    visualize_plots,
 
 
 rule all:

@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "select": "select",
     "segment": "segment",
     "evaluate": "evaluate",
+    "visualize": "visualize",
     "pretrain": "pretrain",
     "gpu-run": "gpu_run",
 }

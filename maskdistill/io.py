@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -16,20 +17,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; rename it to ``path`` only if the block succeeds.
 
     A crash or an error inside the block leaves no partial ``path`` behind (the temporary file
-    is removed), so a rerun never mistakes a half-written output for a finished one.
+    is removed), so a rerun never mistakes a half-written output for a finished one. The
+    temporaries of earlier writers of ``path`` that were killed (``.<name>.tmp-<pid>``) are
+    removed first: one writer per output at a time, as Snakemake runs one job per output.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.tmp-*"):
+        _remove(stale)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     try:
         yield tmp
         os.replace(tmp, final)
     finally:
-        if tmp.exists():
-            if tmp.is_dir():
-                shutil.rmtree(tmp)
-            else:
-                tmp.unlink()
+        _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def write_json(path: str | os.PathLike, obj: Any, compact: bool = False) -> None:
@@ -45,3 +53,18 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(Path(path).read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from error
+
+
+def read_json_lines(path: str | os.PathLike) -> list[Any]:
+    """The records of a JSON-lines file, e.g. a metrics log (an empty list for a missing file)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not a JSON line ({error})") from error
+    return records

@@ -213,3 +213,12 @@ def label_png_path(folder: str | os.PathLike, file_name: str) -> Path:
     Sub-folders of ``file_name`` (folder datasets) are kept, so names never collide.
     """
     return Path(folder) / Path(file_name).with_suffix(".png")
+
+
+def find_label_png(folders: Iterable[str | os.PathLike], file_name: str) -> Path:
+    """The label PNG of image ``file_name`` in the first of ``folders`` that holds it."""
+    for folder in folders:
+        path = label_png_path(folder, file_name)
+        if path.is_file():
+            return path
+    raise ValueError(f"no label PNG of {file_name!r} in {[str(f) for f in folders]}")

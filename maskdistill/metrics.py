@@ -92,7 +92,7 @@ def semantic_scores(
 
     Returns:
         {"miou", "pixel_accuracy", "per_class_iou": {name: iou | None},
-         "matching": {label: class name}, "num_pixels"}.
+         "matching": {label: class name}, "num_pixels", "confusion": the (C, K) counts}.
     """
     confusion = np.asarray(confusion, dtype=np.int64)
     if confusion.shape[0] != len(class_names):
@@ -118,6 +118,7 @@ def semantic_scores(
         },
         "matching": {str(k): class_names[c] for k, c in enumerate(mapping)},
         "num_pixels": total,
+        "confusion": confusion.tolist(),
     }
 
 

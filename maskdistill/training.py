@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from maskdistill.io import atomic_path
+from maskdistill.io import atomic_path, read_json_lines
 from maskdistill.progress import Progress
 from maskdistill.runtime import autocast
 
@@ -388,7 +388,7 @@ class MetricsLog:
         self.key = key
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            kept = [r for r in read_metrics(self.path) if r.get(key, 0) <= start_step]
+            kept = [r for r in read_json_lines(self.path) if r.get(key, 0) <= start_step]
             with atomic_path(self.path) as tmp:
                 tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
@@ -397,18 +397,3 @@ class MetricsLog:
         if self.path is not None:
             with open(self.path, "a") as handle:
                 handle.write(json.dumps(dict(record)) + "\n")
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a metrics log (an empty list for a missing file)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not a JSON line ({error})") from error
-    return records

@@ -169,7 +169,8 @@ def training_labels(wildcards):
 
 
 def final_outputs():
-    """The inputs of the target `all`: the final output of every stage that exists.
+    """The inputs of the target `all`: the final output of every stage that exists, and the
+    pictures.
 
     The stage files define the constants it reads. Stage 5's final predictions are those of
     the last CRF round: on the evaluation split when there is ground truth, else on the
@@ -186,4 +187,38 @@ def final_outputs():
         + [SEGMENT_DIR / LAST_NET / "model.pth"]
         + final
         + EVALUATE_OUTPUTS
+        + PICTURES
+    )
+
+
+def sheet_inputs(wildcards):
+    """The files a stage's contact sheet draws from (rules/visualize.smk)."""
+    stage = wildcards.stage
+    everything = stage == "overview"
+    inputs = {"dataset": dataset_ready()}
+    if everything or stage == "discover":
+        inputs["shards"] = DISCOVER_SHARDS
+    if stage != "discover":
+        inputs["pseudo_gt"] = PSEUDO_GT
+        if evaluation_enabled():
+            inputs["cluster_metrics"] = EVALUATE_DIR / "cluster.json"
+    if everything or stage == "distill":
+        inputs["predictions"] = DISTILL_PREDICTIONS
+    if everything or stage == "select":
+        inputs["selected"] = SELECT_LABELS
+    if everything or stage == "segment":
+        inputs["segmented"] = prediction_dirs(LAST_NET, "labels", FINAL_SPLIT)
+    if stage == "segment" and USES_CRF:
+        inputs["refined"] = prediction_dirs(LAST_NET, "crf", FINAL_SPLIT)
+    return inputs
+
+
+def sheet_flags(wildcards, input):
+    """The command-line flags naming a contact sheet's inputs (all but the dataset)."""
+    return cli_flags(
+        {
+            name: getattr(input, name)
+            for name in sheet_inputs(wildcards)
+            if name != "dataset"
+        }
     )

@@ -59,16 +59,17 @@ rule discover:
         batch_size=RESOURCES["discover"]["batch_size"],
         workers=RESOURCES["discover"]["workers"],
         device=DISCOVER["device"],
+        # unreadable images: a finished output is the same either way (skips are listed)
+        on_bad_image=config["on_bad_image"],
     params:
         code=code_fingerprint("maskdistill.commands.discover"),
         gpu_locks=GPU_LOCKS,
         dataset=lambda w: dataset_args(dataset=DISCOVER_DATASETS[w.key]),
         flags=cli_flags(DISCOVER_SETTINGS),
-        on_bad_image=config["on_bad_image"],
     shell:
         "maskdistill gpu-run --gpus {resources.gpu} --lock-dir {params.gpu_locks:q} --"
         " maskdistill discover {params.dataset} {params.flags} --out {output.shard:q}"
         " --shard {wildcards.shard} --num-shards {wildcards.num_shards}"
         " --batch-size {resources.batch_size} --workers {resources.workers}"
         " --device {resources.device} --threads {threads}"
-        " --on-bad-image {params.on_bad_image} 2> {log:q}"
+        " --on-bad-image {resources.on_bad_image} 2> {log:q}"

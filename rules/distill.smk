@@ -78,19 +78,20 @@ rule distill_predict:
         batch_size=RESOURCES["distill_predict"]["batch_size"],
         workers=RESOURCES["distill_predict"]["workers"],
         device=DISTILL["device"],
+        # unreadable images: a finished output is the same either way (skips are listed)
+        on_bad_image=config["on_bad_image"],
     params:
         code=code_fingerprint("maskdistill.commands.distill"),
         gpu_locks=GPU_LOCKS,
         dataset=dataset_args(),
         precision=DISTILL["precision"],
-        on_bad_image=config["on_bad_image"],
     shell:
         "maskdistill gpu-run --gpus {resources.gpu} --lock-dir {params.gpu_locks:q} --"
         " maskdistill distill predict --model {input.model:q} --pseudo-gt {input.pseudo_gt:q}"
         " {params.dataset} --shard {wildcards.shard} --num-shards {wildcards.num_shards}"
         " --batch-size {resources.batch_size} --workers {resources.workers}"
         " --device {resources.device} --threads {threads} --precision {params.precision}"
-        " --on-bad-image {params.on_bad_image} --out {output:q} 2> {log:q}"
+        " --on-bad-image {resources.on_bad_image} --out {output:q} 2> {log:q}"
 
 
 rule distill_merge:

@@ -34,6 +34,8 @@ rule pretrain:
         # execution settings: resources, so that changing them reruns nothing
         checkpoint_every=PRETRAIN["checkpoint_every"],
         device=PRETRAIN["device"],
+        # unreadable images: a finished output is the same either way (skips are listed)
+        on_bad_image=config["on_bad_image"],
     params:
         code=code_fingerprint("maskdistill.commands.pretrain"),
         gpu_locks=GPU_LOCKS,
@@ -41,11 +43,10 @@ rule pretrain:
         flags=cli_flags(PRETRAIN_SETTINGS),
         checkpoint=PRETRAIN_DIR / "resume" / "checkpoint.pth",
         metrics=PRETRAIN_DIR / "resume" / "metrics.jsonl",
-        on_bad_image=config["on_bad_image"],
     shell:
         "maskdistill gpu-run --gpus {resources.gpu} --lock-dir {params.gpu_locks:q} --"
         " maskdistill pretrain {params.dataset} {params.flags}"
         " --checkpoint-every {resources.checkpoint_every} --device {resources.device}"
         " --out {output.backbone:q} --checkpoint {params.checkpoint:q}"
         " --metrics {params.metrics:q} --threads {threads}"
-        " --on-bad-image {params.on_bad_image} 2> {log:q}"
+        " --on-bad-image {resources.on_bad_image} 2> {log:q}"

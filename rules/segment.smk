@@ -157,17 +157,18 @@ rule segment_predict:
         batch_size=lambda w: prediction_resource(w, "batch_size"),
         workers=lambda w: prediction_resource(w, "workers"),
         device=SEGMENT["device"],
+        # unreadable images: a finished output is the same either way (skips are listed)
+        on_bad_image=config["on_bad_image"],
     params:
         code=code_fingerprint("maskdistill.commands.segment"),
         gpu_locks=GPU_LOCKS,
         dataset=lambda w: dataset_args(SPLITS[w.split]),
         crf=lambda w: CRF_FLAGS if w.mode == "crf" else "",
         precision=SEGMENT["precision"],
-        on_bad_image=config["on_bad_image"],
     shell:
         "maskdistill gpu-run --gpus {resources.gpu} --lock-dir {params.gpu_locks:q} --"
         " maskdistill segment predict --model {input.model:q} {params.dataset}"
         " --shard {wildcards.shard} --num-shards {wildcards.num_shards} {params.crf}"
         " --batch-size {resources.batch_size} --workers {resources.workers}"
         " --device {resources.device} --threads {threads} --precision {params.precision}"
-        " --on-bad-image {params.on_bad_image} --out {output:q} 2> {log:q}"
+        " --on-bad-image {resources.on_bad_image} --out {output:q} 2> {log:q}"

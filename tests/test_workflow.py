@@ -42,6 +42,8 @@ def after_cluster(num_shards: int = 2, evaluated: bool = True) -> Counter:
     """
     jobs = Counter({"distill_train": 1, "distill_predict": num_shards, "distill_merge": 1})
     jobs += Counter({"select": 1, "segment_train": 1, "segment_predict": num_shards})
+    # the contact sheets of stages 2-5 and the overview, and the plots
+    jobs += Counter({"visualize_sheet": 5, "visualize_plots": 1})
     if evaluated:
         jobs += Counter(
             {
@@ -57,11 +59,12 @@ def after_cluster(num_shards: int = 2, evaluated: bool = True) -> Counter:
 
 
 def after_discover(num_shards: int = 2, evaluated: bool = True) -> Counter:
-    """The jobs downstream of the discover jobs."""
-    jobs = Counter({"cluster": 1}) + after_cluster(num_shards, evaluated)
+    """The jobs downstream of the discover jobs (the discover sheet among them)."""
+    jobs = Counter({"cluster": 1, "visualize_sheet": 1}) + after_cluster(num_shards, evaluated)
     return jobs + Counter({"evaluate_discovery": 1}) if evaluated else jobs
 
 
+SHEETS = ("discover", "cluster", "distill", "select", "segment", "overview")
 AFTER_CLUSTER = after_cluster()
 AFTER_DISCOVER = after_discover()
 # what an evaluation-split change reruns: the metrics of the evaluation split and stage 5's
@@ -75,6 +78,8 @@ METRICS = Counter(
         "segment_predict": 2,
         "evaluate_table": 1,
         "evaluate_ablation": 1,
+        "visualize_sheet": 6,  # the sheets show the evaluation split
+        "visualize_plots": 1,
     }
 )
 
@@ -229,6 +234,11 @@ def planned_outputs(workspace: Path, *args: str) -> list[str]:
     return re.findall(r"output: (\S+)", result.stdout + result.stderr)
 
 
+def test_on_bad_image_never_triggers_a_rerun(demo):
+    # the shared discover shards of a `skip` run and an `error` run are the same files
+    assert planned_jobs(demo, *variant(demo, "skipping", on_bad_image="skip")) == Counter()
+
+
 def test_resources_never_trigger_a_rerun(demo):
     args = variant(demo, "bigger", resources={"discover": {"mem_mb": 1500, "threads": 2}})
     assert planned_jobs(demo, *args) == Counter()
@@ -307,11 +317,18 @@ def test_lint_passes(demo):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_report_is_html_with_the_metrics(demo):
+def test_report_is_html_with_the_metrics_pictures_and_plots(demo):
     snakemake(demo, "--report", "results/report.html")
     html = (demo / "results/report.html").read_text()
     assert html.lstrip().lower().startswith("<!doctype html")
     assert "metrics.md" in html
+    for stage in ("discover", "cluster", "distill", "select", "segment", "overview"):
+        assert f"sheet-{stage}.png" in html
+    for plot in ("cluster_sizes", "scores", "training", "miou", "per_class", "confusion"):
+        assert f"{plot}.png" in html
+        picture = Image.open(demo / "results/tiny/pictures" / f"{plot}.png")
+        assert picture.mode == "RGB" and min(picture.size) > 100
+    assert "MaskDistill: unsupervised semantic segmentation" in html  # report/workflow.rst
 
 
 # ---------------------------------------------------------------- folder dataset, shard reruns
@@ -380,6 +397,8 @@ def test_adding_images_reruns_only_the_shards_they_land_in(folder):
             ("segment_train", "round=0"): 1,
             **{("distill_predict", shard): 1 for shard in shards},
             **{("segment_predict", wildcards): 1 for wildcards in final},
+            **{("visualize_sheet", f"stage={stage}"): 1 for stage in SHEETS},
+            ("visualize_plots", ""): 1,
         }
     )
     # the shards of the new image (discover, stage-3 and stage-5 predictions) list it as input

@@ -39,7 +39,7 @@ from maskdistill.commands.dataset_args import (
 )
 from maskdistill.data import Dataset, ImageRecord
 from maskdistill.io import atomic_path, read_json, write_json
-from maskdistill.masks import label_png_path, mask_annotation, paint_label_map, read_label_png
+from maskdistill.masks import find_label_png, mask_annotation, paint_label_map, read_label_png
 from maskdistill.metrics import (
     ablation_markdown,
     ablation_rows,
@@ -251,15 +251,6 @@ def evaluate_distill(args: argparse.Namespace) -> None:
     log.info("stage 3 on %d images: %s", len(records), report["summary"])
 
 
-def _label_file(folders: list[str], file_name: str) -> Path:
-    """The label PNG of an image in the first folder that holds it."""
-    for folder in folders:
-        path = label_png_path(folder, file_name)
-        if path.is_file():
-            return path
-    raise ValueError(f"no label PNG of {file_name!r} in {folders}")
-
-
 def evaluate_labels(args: argparse.Namespace) -> None:
     """Semantic mIoU and per-class IoU of label PNGs, Hungarian-matched to the classes."""
     dataset, records = _eval_dataset(args)
@@ -270,7 +261,7 @@ def evaluate_labels(args: argparse.Namespace) -> None:
         num_labels = 1 + evaluation.index_annotations(read_json(args.pseudo_gt), args.pseudo_gt)[1]
 
     def label_map(record: ImageRecord) -> np.ndarray:
-        path = _label_file(args.labels, record.file_name)
+        path = find_label_png(args.labels, record.file_name)
         labels = read_label_png(path)
         if labels.max(initial=0) >= num_labels:
             raise ValueError(f"{path}: label {labels.max()}, expected 0..{num_labels - 1}")
