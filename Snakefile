@@ -33,6 +33,14 @@ localrules:
     visualize_plots,
 
 
+onsuccess:
+    warn_about_skipped_images()
+
+
+onerror:
+    warn_about_skipped_images()
+
+
 rule all:
     input:
         final_outputs(),

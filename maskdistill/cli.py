@@ -80,6 +80,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     log.info("arguments: %s", settings)
     try:
         args._run(args)
-    except (ValueError, OSError, FloatingPointError) as error:
+    except (ValueError, OSError, FloatingPointError, MemoryError) as error:
         log.error("%s", error)
         sys.exit(1)

@@ -353,7 +353,17 @@ def save_weights(
 ) -> None:
     """Write a trained network for the next stages: ``model`` (state dict), ``settings``
     (everything needed to build it again) and ``extra`` (provenance), atomically."""
-    payload = {"model": model.state_dict(), "settings": dict(settings), "extra": dict(extra)}
+    save_state(path, model.state_dict(), settings, extra)
+
+
+def save_state(
+    path: str | Path,
+    state_dict: Mapping[str, torch.Tensor],
+    settings: Mapping[str, Any],
+    extra: Mapping[str, Any],
+) -> None:
+    """:func:`save_weights` of a state dict."""
+    payload = {"model": dict(state_dict), "settings": dict(settings), "extra": dict(extra)}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 

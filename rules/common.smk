@@ -12,8 +12,10 @@
 #     "maskdistill gpu-run --gpus {resources.gpu} --lock-dir {params.gpu_locks:q} -- "
 #     and pass gpu_locks=GPU_LOCKS (workstation pinning; a no-op under SLURM).
 import functools
+import sys
 from pathlib import Path
 
+from maskdistill import preflight
 from maskdistill.config import validate_config
 from maskdistill.workflow import cli_flags, code_fingerprint, content_key, without
 
@@ -95,10 +97,36 @@ def shard_paths(folder, num_shards, suffix=".h5"):
 
 @functools.cache
 def _folder_images(root):
-    """The image files of a folder dataset (relative paths), listed once per parse."""
-    from maskdistill.data.folder import list_images
+    """The image files of a folder dataset (relative paths), listed once per parse; the
+    files of unsupported types are named on the console."""
+    from maskdistill.data.folder import IMAGE_SUFFIXES, list_images
 
-    return list_images(Path(root))
+    others = []
+    found = list_images(Path(root), others)
+    if others:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        console_warning(
+            f"{len(others)} files under {root} are not images of a supported type "
+            f"({' '.join(sorted(IMAGE_SUFFIXES))}) and are left out: {shown}"
+        )
+    return found
+
+
+def console_warning(message):
+    """One line on Snakemake's console (stderr): a warning that changes results."""
+    print(f"maskdistill warning: {message}", file=sys.stderr)
+
+
+def warn_about_skipped_images():
+    """One console line per skip list of this run (discover shards, stages 3 and 5) that
+    names images: they are missing from the results (on_bad_image: skip)."""
+    from maskdistill.images import read_skipped
+
+    lists = [Path(f"{shard}.skipped.tsv") for shard in DISCOVER_SHARDS]
+    lists += sorted(RUN.rglob("*.skipped.tsv"))
+    for path in lists:
+        if path.is_file() and (rows := read_skipped(path)):
+            console_warning(f"{len(rows)} unreadable images skipped, listed in {path}")
 
 
 def image_lists(dataset):
@@ -222,3 +250,13 @@ def sheet_flags(wildcards, input):
             if name != "dataset"
         }
     )
+
+
+# what can be checked before any job starts, so that a dry run fails with the setting's name
+preflight.check_config(config, _folder_images)
+for _spec in (config["discover"]["backbone"], config["discover"]["feature_backbone"]):
+    if _spec.startswith("random:") and not config["pretrain"]["enabled"]:
+        console_warning(
+            f"discover backbone {_spec!r} is a random ViT: its masks are noise (set "
+            "discover.backbone to vit_small_patch16_224.dino or a checkpoint file)"
+        )

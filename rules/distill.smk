@@ -1,5 +1,5 @@
-# Stage 3, distill: Mask R-CNN trained on the stage-2 pseudo ground truth (the clusters are its
-# classes), then up to detections_per_image scored masks for every learning image, one job per
+# Stage 3, distill: Mask R-CNN (torchvision's, or detectron2's with distill.backend: detectron2)
+# trained on the stage-2 pseudo ground truth (the clusters are its classes), then up to detections_per_image scored masks for every learning image, one job per
 # shard (the shard assignment of discover), merged into one COCO results list. Only the final
 # network is a declared output of training; its rolling checkpoint lives in resume/, which
 # Snakemake never deletes, so a killed job resumes where it stopped when it is rerun.
@@ -44,9 +44,11 @@ rule distill_train:
         dataset=dataset_args(),
         flags=cli_flags(without(DISTILL, *DISTILL_EXECUTION)),
         resume=DISTILL_DIR / "resume",
+        # several GPUs: torchrun for the torchvision backend, detectron2's own launcher for it
+        launch="--distributed" if DISTILL["backend"] == "torchvision" else "",
     shell:
         "maskdistill gpu-run --gpus {resources.gpu} --lock-dir {params.gpu_locks:q}"
-        " --distributed -- maskdistill distill train --pseudo-gt {input.pseudo_gt:q}"
+        " {params.launch} -- maskdistill distill train --pseudo-gt {input.pseudo_gt:q}"
         " {params.dataset} {params.flags} --resume-dir {params.resume:q}"
         " --checkpoint-every {resources.checkpoint_every} --device {resources.device}"
         " --workers {resources.workers} --threads {threads}"

@@ -371,3 +371,14 @@ def test_coco_missing_parts_are_named(tmp_path):
 def test_unknown_kind_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="dataset.kind"):
         open_dataset({"kind": "imagenet", "root": str(tmp_path)}, None)
+
+
+def test_folder_listing_names_the_unsupported_files(tmp_path):
+    from maskdistill.data.folder import list_images
+
+    for name in ("b.JPG", "sub/a.png", "c.gif", "d.heic", ".hidden.gif", "sub/notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    others: list[str] = []
+    assert list_images(tmp_path, others) == ["b.JPG", "sub/a.png"]
+    assert others == ["c.gif", "d.heic", "sub/notes.txt"]

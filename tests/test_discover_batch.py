@@ -146,6 +146,7 @@ def test_cli_writes_a_complete_shard(images, shard):
         assert not record["empty"]
     attrs = read_shard_attrs(shard)
     assert attrs["backbone"] == attrs["feature_backbone"] == BACKBONE
+    assert attrs["weights"] == attrs["feature_weights"] == "random"
     assert attrs["settings"] == {
         "resize": 32,
         "heads": 3,
@@ -153,6 +154,7 @@ def test_cli_writes_a_complete_shard(images, shard):
         "mass": 0.5,
         "center_keys": False,
         "feature": "crop",
+        "feature_max_side": 640,
     }
     assert attrs["skipped"] == [] and attrs["num_images"] == len(names)
     assert read_skipped(f"{shard}.skipped.tsv") == []
@@ -247,6 +249,7 @@ def _records(folder: Path, sizes, **kwargs) -> list[dict]:
     settings = batch.DiscoverSettings.from_config(
         defaults("discover")
         | {"resize": kwargs.pop("resize", 32), "heads": 3, "feature": kwargs.pop("feature", "crop")}
+        | {"feature_max_side": kwargs.pop("feature_max_side", 640)}
     )
     return list(
         batch.discover_records(
@@ -279,6 +282,62 @@ def test_empty_mask_is_flagged_with_a_whole_image_feature(tmp_path, monkeypatch)
     with torch.inference_mode():
         whole = vit.cls_features(model, vit.preprocess_full(image, 8, IMAGENET)[None])[0]
     np.testing.assert_allclose(record["feature"], whole.numpy(), atol=1e-5)
+
+
+def test_feature_bound_leaves_smaller_images_exactly_as_the_reference(tmp_path):
+    sizes = [(40, 56), (64, 40)]
+    bounded = _records(tmp_path / "a", sizes, feature_max_side=64)
+    reference = _records(tmp_path / "b", sizes, feature_max_side=0)
+    for a, b in zip(bounded, reference, strict=True):
+        assert np.array_equal(a["feature"], b["feature"])  # bit for bit
+
+
+def test_a_large_image_is_featured_at_the_bound_and_masked_at_full_size(tmp_path, monkeypatch):
+    seen = []
+    original = batch.feature_inputs
+
+    def spy(images, masks, boxes, feature, patch):
+        shapes = [(tuple(i.shape), m.shape) for i, m in zip(images, masks, strict=True)]
+        seen.extend((*shape, box) for shape, box in zip(shapes, boxes, strict=True))
+        return original(images, masks, boxes, feature, patch)
+
+    monkeypatch.setattr(batch, "feature_inputs", spy)
+    (record,) = _records(tmp_path, [(600, 800)], feature_max_side=100)
+    (image_shape, mask_shape, box), *_ = seen
+    assert image_shape == (3, 80, 104) and mask_shape == (75, 100)  # 800 -> 100, padded to P
+    x, y, w, h = record["box"]
+    assert box == (x // 8, y // 8, -(-(x + w) // 8) - x // 8, -(-(y + h) // 8) - y // 8)
+    assert full_resolution_mask(record).shape == (600, 800)  # the record keeps the full size
+
+
+def test_scale_to_feature_keeps_the_object_covered():
+    mask = np.zeros((40, 80), bool)
+    mask[10:21, 30:33] = True  # 3 pixels wide: a thin object
+    scaled, box = batch.scale_to_feature(mask, (30, 10, 3, 11), (10, 20))
+    assert scaled.shape == (10, 20) and box == (7, 2, 2, 4)  # x 7.5..8.25, y 2.5..5.25
+    thin = np.zeros((40, 80), bool)
+    thin[0, 1] = True  # vanishes under nearest-neighbour scaling
+    scaled, box = batch.scale_to_feature(thin, (1, 0, 1, 1), (10, 20))
+    assert box == (0, 0, 1, 1) and scaled.sum() == 1 and scaled[0, 0]
+    assert batch.scale_to_feature(mask, (30, 10, 3, 11), (40, 80))[1] == (30, 10, 3, 11)
+
+
+def test_an_image_that_runs_out_of_memory_loses_nothing_else_of_its_shard(tmp_path, monkeypatch):
+    real = batch.discover_batch
+
+    def short_of_memory(items, *args, **kwargs):
+        if any(item.record.file_name == "img1.png" for item in items):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")
+        return real(items, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "discover_batch", short_of_memory)
+    sizes = [(40, 56)] * 4  # one bucket: img1 fails its batch, the others are retried alone
+    skipped: list[tuple[str, str]] = []
+    records = _records(tmp_path / "a", sizes, batch_size=4, on_bad_image="skip", skipped=skipped)
+    assert [r["file_name"] for r in records] == ["img0.png", "img2.png", "img3.png"]
+    assert skipped == [("img1.png", "out of memory in discover at 56 x 40 px")]
+    with pytest.raises(MemoryError, match=r"img1.png: out of memory .* on_bad_image: skip"):
+        _records(tmp_path / "b", sizes, batch_size=4, on_bad_image="error")
 
 
 def test_batched_equals_one_image_at_a_time(tmp_path):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pycocotools.coco import COCO
+from prediction_checks import check_predictions
 
 from maskdistill import cli, evaluation
 from maskdistill.config import defaults
@@ -249,16 +249,7 @@ def test_a_tiny_mask_rcnn_learns_known_masks(scenes, tmp_path):
     predictions = _predict(trained, scenes)
     after = evaluation.mask_ap50(ground_truth, predictions)
     assert before < 0.2 < 0.7 < after, (before, after)
-    # the prediction file format: COCO results that pycocotools loads, RLE at the image size
-    gt = COCO()
-    gt.dataset = ground_truth
-    gt.createIndex()
-    loaded = gt.loadRes(predictions)
-    sizes = {image["id"]: [image["height"], image["width"]] for image in coco["images"]}
-    assert all(
-        a["segmentation"]["size"] == sizes[a["image_id"]] for a in loaded.dataset["annotations"]
-    )
-    assert {"file_name", "score", "bbox", "category_id"} <= set(predictions[0])
+    check_predictions(predictions, coco)  # the format every backend's files have
 
 
 # ---------------------------------------------------------------- AP50 with known answers
@@ -373,4 +364,5 @@ def test_the_commands_flags_are_the_settings_classes_fields():
     from maskdistill.commands.distill import SETTINGS
 
     names = {f.name for cls in (MaskRCNNSettings, DistillTrainSettings) for f in fields(cls)}
-    assert set(SETTINGS) == names  # every schema setting reaches the network or the schedule
+    # every schema setting reaches the network or the schedule, but the backend's choice
+    assert set(SETTINGS) == names | {"backend", "detectron2_config"}

@@ -175,6 +175,24 @@ def test_resume_refuses_other_settings(tmp_path):
         loop.train(dataclasses.replace(TINY, lr=1e-3), random_views, tmp_path / "c.pth")
 
 
+def test_more_steps_continue_a_finished_run_and_fewer_are_refused(tmp_path):
+    done = loop.train(TINY, random_views, tmp_path / "d.pth")
+    longer = dataclasses.replace(TINY, steps=TINY.steps + 2)
+    continued = loop.train(longer, random_views, tmp_path / "d.pth")
+    assert continued.step == TINY.steps + 2
+    assert not torch.equal(done.teacher.backbone.cls_token, continued.teacher.backbone.cls_token)
+    payload = torch.load(tmp_path / "d.pth", weights_only=True)
+    assert payload["extra"]["schedule"] == [[0, TINY.steps], [TINY.steps, TINY.steps + 2]]
+    with pytest.raises(ValueError, match=rf"{TINY.steps + 2} steps are done, more than steps 1"):
+        loop.train(dataclasses.replace(TINY, steps=1), random_views, tmp_path / "d.pth")
+
+
+def test_a_corrupt_checkpoint_names_the_file_and_the_way_out(tmp_path):
+    (tmp_path / "e.pth").write_bytes(b"PK\x03\x04 not really a checkpoint")
+    with pytest.raises(ValueError, match=r"e.pth: not a readable training checkpoint.*--no-resume"):
+        loop.train(TINY, random_views, tmp_path / "e.pth")
+
+
 def test_global_crops_come_from_the_first_and_second_views():
     settings = dataclasses.replace(TINY, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
     black = [np.zeros((20, 24, 3), np.uint8)] * 3
@@ -233,8 +251,10 @@ def test_cli_trains_exports_and_resumes(tmp_path, caplog):
     assert len((tmp_path / "m.jsonl").read_text().splitlines()) == 2
     assert vit.load_backbone(str(tmp_path / "backbone.pth"), num_heads=2).embed_dim == 12
     with pytest.raises(SystemExit):  # other settings than the checkpoint's: one error, exit 1
-        cli.main([*common, "--steps", "3"])
-    assert "other settings" in caplog.text
+        cli.main([*common, "--steps", "2", "--lr", "0.01"])
+    assert "other settings" in caplog.text and "lr: saved" in caplog.text
+    cli.main([*common, "--steps", "3"])  # more steps: the finished run continues
+    assert len((tmp_path / "m.jsonl").read_text().splitlines()) == 3
 
 
 def test_cli_trains_on_a_folder_of_images(tmp_path):

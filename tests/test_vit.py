@@ -286,3 +286,13 @@ def test_bad_checkpoints(tiny, tmp_path):
     with pytest.raises(ValueError, match="no default number of heads for width 48"):
         vit.load_backbone(str(odd_width))
     assert vit.load_backbone(str(odd_width), num_heads=4).blocks[0].attn.num_heads == 4
+
+
+def test_the_weight_source_of_each_kind_of_spec(tmp_path):
+    from maskdistill.models.specs import weight_source
+
+    (tmp_path / "w.pth").touch()
+    assert weight_source(str(tmp_path / "w.pth")) == "file"
+    assert weight_source("vit_small_patch16_224.dino") == "hub"
+    assert weight_source("vit_small_patch16_224.dino", pretrained=False) == "random"
+    assert weight_source("random:patch=8,width=32") == "random"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 from workflow_helpers import (
@@ -30,6 +31,8 @@ from workflow_helpers import (
 )
 
 from maskdistill.config import validate_config
+from maskdistill.distill.detectron2 import INSTALL as DETECTRON2_INSTALL
+from maskdistill.distill.detectron2 import available as detectron2_available
 from maskdistill.segment.crf import crf_available
 
 # what runs downstream of each stage in the tiny demo (VOC layout with ground truth)
@@ -312,6 +315,48 @@ def test_crf_settings_without_the_extra_fail_at_workflow_start(demo):
     assert "pip install 'maskdistill[crf]'" in result.stdout + result.stderr
 
 
+def test_a_missing_dataset_root_fails_the_dry_run_with_its_key(tmp_path):
+    config = tiny_config(demo_data={"generate": False}, dataset={"root": "no/such/dir"})
+    workspace = make_workspace(tmp_path / "workflow", config)
+    result = snakemake(workspace, "--dry-run", check=False)
+    assert result.returncode != 0
+    assert "config key 'dataset.root': no/such/dir is not a folder" in result.stdout + result.stderr
+
+
+def test_unsupported_files_and_a_random_backbone_are_named_on_the_console(tmp_path):
+    config = tiny_config(
+        demo_data={"generate": False},
+        dataset={"kind": "folder", "root": "images", "eval_split": None},
+        cluster={"k": 2},
+    )
+    workspace = make_workspace(tmp_path / "workflow", config)
+    (workspace / "images").mkdir()
+    for seed, name in enumerate(["a.png", "b.png", "c.png"]):
+        _write_image(workspace / "images" / name, seed)
+    (workspace / "images" / "clip.gif").write_bytes(b"GIF89a")
+    result = snakemake(workspace, "--dry-run")
+    warnings = [line for line in result.stderr.splitlines() if "maskdistill warning" in line]
+    assert any("1 files under images are not images" in w and "clip.gif" in w for w in warnings)
+    assert any("is a random ViT" in w for w in warnings)  # the tiny config's backbone
+
+
+@pytest.mark.skipif(
+    not detectron2_available(), reason=f"detectron2 is not installed ({DETECTRON2_INSTALL})"
+)
+def test_the_detectron2_backend_runs_the_demo_to_the_metrics_table(demo):
+    distill = {"backend": "detectron2", "arch": "resnet50", "init": "none", "fpn_channels": 32,
+               "box_head_dim": 64, "mask_head_convs": 1, "warmup_iterations": 1, "lr": 0.001,
+               "max_size": 96}  # fmt: skip
+    args = variant(demo, "d2", run_name="d2", distill=distill)
+    snakemake(demo, "--cores", "2", "results/d2/evaluate/metrics.md", *args)
+    table = (demo / "results/d2/evaluate/metrics.md").read_text()
+    assert "| stage 3: distill | mask AP50 (multi) |" in table
+    assert "| stage 3: distill | mIoU |" in table
+    model = torch.load(demo / "results/d2/distill/model.pth", weights_only=True)
+    assert model["extra"]["backend"] == "detectron2"
+    assert not list((demo / "results/cache/discover").glob("*/.*tmp*"))  # shards reused
+
+
 def test_lint_passes(demo):
     result = snakemake(demo, "--lint", check=False)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -458,18 +503,20 @@ def test_presets_are_valid_and_plan_the_full_method(tmp_path, repo, preset, eval
     )
     assert (distill["batch_size"], distill["lr"], distill["test_size"]) == (16, 0.02, 800)
     config["dataset"].update(_fake_tree(tmp_path / "data", config["dataset"]["kind"]))
+    config["cluster"]["k"] = 1  # the fake trees hold two images (K-means needs one per cluster)
     datasets = 1
     if config["cluster"]["support_dataset"] is not None:  # voc12: VOC07 trainval, discovered too
         support = config["cluster"]["support_dataset"]
         sets = tmp_path / "voc07" / "ImageSets" / support["imagesets"]
         sets.mkdir(parents=True)
+        (tmp_path / "voc07" / "JPEGImages").mkdir()
         (sets / "trainval.txt").write_text("c\n")
         support["root"] = str(tmp_path / "voc07")
         datasets = 2
     workspace = make_workspace(tmp_path / "workflow", config)
     if distill["init"] != "none":  # the preset's MoCo v2 file, which the user downloads
         (workspace / distill["init"]).parent.mkdir(parents=True)
-        (workspace / distill["init"]).touch()
+        torch.save({"state_dict": {}}, workspace / distill["init"])
     if preset == "voc12" and not crf_available():
         pytest.skip("the VOC12 preset refines with the dense CRF: pip install '.[crf]'")
     jobs = rules_of(planned_jobs(workspace))

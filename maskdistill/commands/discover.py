@@ -23,7 +23,7 @@ from maskdistill.discover.batch import DiscoverSettings, discover_records
 from maskdistill.discover.feature import FEATURES
 from maskdistill.images import ON_BAD_IMAGE, write_skipped
 from maskdistill.models import vit
-from maskdistill.models.specs import looks_like_path
+from maskdistill.models.specs import looks_like_path, weight_source
 from maskdistill.provenance import provenance
 from maskdistill.runtime import DEVICES, PRECISIONS, check_precision, resolve_device, set_threads
 from maskdistill.shards import select_shard, write_shard
@@ -67,6 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="subtract the mean key (not the reference)",
     )
     method.add_argument("--feature", choices=FEATURES, default=default["feature"])
+    method.add_argument(
+        "--feature-max-side",
+        type=int,
+        default=default["feature_max_side"],
+        help="scale larger images down to this longer side for the feature (0: never)",
+    )
 
     run = parser.add_argument_group("execution")
     run.add_argument("--out", required=True, help="the shard to write (.h5)")
@@ -154,7 +160,11 @@ def run(args: argparse.Namespace) -> None:
     attrs = {
         "backbone": args.backbone,
         "feature_backbone": args.backbone if feature_spec == "same" else feature_spec,
-        "pretrained": args.pretrained,
+        # where the weights came from: hub, file or random, of each backbone
+        "weights": weight_source(args.backbone, args.pretrained),
+        "feature_weights": weight_source(
+            args.backbone if feature_spec == "same" else feature_spec, args.pretrained
+        ),
         "num_heads": args.num_heads,
         "settings": settings.as_dict(),
         "precision": args.precision,

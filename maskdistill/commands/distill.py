@@ -86,8 +86,11 @@ def _run_settings(args: argparse.Namespace, num_classes: int) -> dict:
 
 def run_train(args: argparse.Namespace) -> None:
     """Train (resuming when a checkpoint of the same run exists), write the final network."""
+    if args.backend == "detectron2":
+        run_train_detectron2(args)
+        return
     from maskdistill import distributed
-    from maskdistill.distill.data import DistillDataset, training_set
+    from maskdistill.distill.data import DistillDataset
     from maskdistill.distill.train import DistillTrainSettings, train_maskrcnn
     from maskdistill.models.maskrcnn import MaskRCNNSettings, build_maskrcnn
     from maskdistill.provenance import provenance
@@ -98,17 +101,7 @@ def run_train(args: argparse.Namespace) -> None:
     world = distributed.init(device)
     device = world.device(device)
     set_threads(args.threads)
-    coco = read_json(args.pseudo_gt)
-    dataset = open_dataset_from_args(args)
-    data = training_set(coco, dataset.image_root, source=args.pseudo_gt)
-    log.info(
-        "%d training images (%d without a usable mask left out), %d degenerate masks dropped",
-        len(data.images),
-        len(data.without_annotations),
-        data.dropped_masks,
-    )
-    if not data.images:
-        raise ValueError(f"{args.pseudo_gt}: no image with a usable mask to train on")
+    data = _training_data(args)
     run_settings = _run_settings(args, data.num_categories)
     checkpoint, metrics = resume_files(args.resume_dir, run_settings, world.main)
     distributed.barrier(world)
@@ -137,11 +130,95 @@ def run_train(args: argparse.Namespace) -> None:
     distributed.close(world)
 
 
-def run_predict(args: argparse.Namespace) -> None:
-    """Predictions for the images of one shard, as a COCO results JSON list."""
+def _training_data(args: argparse.Namespace):
+    from maskdistill.distill.data import training_set
+
+    coco = read_json(args.pseudo_gt)
+    data = training_set(coco, open_dataset_from_args(args).image_root, source=args.pseudo_gt)
+    log.info(
+        "%d training images (%d without a usable mask left out), %d degenerate masks dropped",
+        len(data.images),
+        len(data.without_annotations),
+        data.dropped_masks,
+    )
+    if not data.images:
+        raise ValueError(f"{args.pseudo_gt}: no image with a usable mask to train on")
+    return data
+
+
+def run_train_detectron2(args: argparse.Namespace) -> None:
+    """The detectron2 backend's training: its trainer and checkpointer, the same output files."""
+    import torch
+
+    from maskdistill.distill import detectron2
+    from maskdistill.provenance import provenance
+    from maskdistill.runtime import resolve_device, set_threads
+    from maskdistill.training import MetricsLog, resume_files, save_state
+
+    if not detectron2.available():
+        raise ValueError(f"distill.backend: detectron2 is not installed: {detectron2.INSTALL}")
+    device = resolve_device(args.device)
+    set_threads(args.threads)
+    data = _training_data(args)
+    run_settings = _run_settings(args, data.num_categories)
+    checkpoint, metrics = resume_files(args.resume_dir, run_settings)
+    output_dir = checkpoint.with_suffix("")  # detectron2's own checkpoints, keyed as ours
+    if args.no_resume and output_dir.exists():
+        shutil.rmtree(output_dir)
+    cfg = detectron2.build_config(
+        vars(args), data.num_categories, output_dir, device.type, args.workers,
+        args.checkpoint_every,
+    )  # fmt: skip
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 1
+    if gpus > 1:  # detectron2's own launcher: one process per visible GPU
+        detectron2.train_on_gpus(cfg, data.images, not args.no_resume, gpus)
+        state = detectron2.final_weights(cfg)
+    else:
+        state = detectron2.train(cfg, data.images, resume=not args.no_resume).state_dict()
+    extra = {"provenance": provenance(), "backend": "detectron2", "detectron2": cfg.dump()}
+    save_state(args.out, state, run_settings, extra)
+    log_file = MetricsLog(args.metrics)
+    for record in detectron2.metrics_records(output_dir / "metrics.json"):
+        log_file.write(record)
+    log.info("wrote %s and %s", args.out, args.metrics)
+
+
+def _torchvision_predictions(args, payload, device, mine, image_ids, skipped):
     from maskdistill.distill.predict import predict_images
-    from maskdistill.images import write_skipped
     from maskdistill.models.maskrcnn import MaskRCNNSettings, build_maskrcnn, for_prediction
+
+    settings = MaskRCNNSettings.from_config(payload["settings"])
+    model, _ = build_maskrcnn(payload["settings"]["num_classes"], settings)
+    model.load_state_dict(payload["model"])
+    model = for_prediction(model, settings).to(device)
+    return predict_images(
+        model, mine, image_ids, device=device, batch_size=args.batch_size,
+        workers=args.workers, precision=args.precision, on_bad_image=args.on_bad_image,
+        skipped=skipped, progress=args.progress,
+    )  # fmt: skip
+
+
+def _detectron2_predictions(args, payload, device, mine, image_ids, skipped):
+    from maskdistill.distill import detectron2
+
+    if not detectron2.available():
+        raise ValueError(f"{args.model}: a detectron2 model, but detectron2 is not installed: "
+                         f"{detectron2.INSTALL}")  # fmt: skip
+    from detectron2.config import CfgNode
+
+    cfg = CfgNode.load_cfg(payload["extra"]["detectron2"])
+    model = detectron2.build_predictor(cfg, payload["model"], device)
+    return detectron2.predict_images(
+        model, cfg, mine, image_ids, device=device, batch_size=args.batch_size,
+        workers=args.workers, on_bad_image=args.on_bad_image, skipped=skipped,
+        progress=args.progress,
+    )  # fmt: skip
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    """Predictions for the images of one shard, as a COCO results JSON list (either backend's
+    network: the model file says which)."""
+    from maskdistill.images import write_skipped
     from maskdistill.runtime import resolve_device, set_threads
     from maskdistill.shards import select_shard
     from maskdistill.training import load_weights
@@ -149,30 +226,17 @@ def run_predict(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     set_threads(args.threads)
     payload = load_weights(args.model)
-    settings = MaskRCNNSettings.from_config(payload["settings"])
-    model, _ = build_maskrcnn(payload["settings"]["num_classes"], settings)
-    model.load_state_dict(payload["model"])
-    model = for_prediction(model, settings).to(device)
     index = read_json(args.pseudo_gt)
     image_ids = {image["file_name"]: image["id"] for image in index["images"]}
     records = [r for r in open_dataset_from_args(args).records() if r.file_name in image_ids]
     mine = select_shard(records, args.shard, args.num_shards)
     log.info("shard %d of %d: %d images on %s", args.shard, args.num_shards, len(mine), device)
     skipped: list[tuple[str, str]] = []
+    backend = payload["extra"].get("backend", "torchvision")
+    predict = _detectron2_predictions if backend == "detectron2" else _torchvision_predictions
     predictions = [
         entry
-        for image_predictions in predict_images(
-            model,
-            mine,
-            image_ids,
-            device=device,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            precision=args.precision,
-            on_bad_image=args.on_bad_image,
-            skipped=skipped,
-            progress=args.progress,
-        )
+        for image_predictions in predict(args, payload, device, mine, image_ids, skipped)
         for entry in image_predictions
     ]
     write_json(args.out, predictions, compact=True)

@@ -10,22 +10,25 @@ from maskdistill.data.base import Dataset, ImageRecord
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 
-def list_images(root: Path) -> list[str]:
+def list_images(root: Path, unsupported: list[str] | None = None) -> list[str]:
     """Relative POSIX paths of the image files under ``root``, sorted by code point.
 
     Recursive; extensions are matched case-insensitively; hidden files and folders (names
     starting with ".", e.g. macOS ``._*`` resource forks) are left out, and symbolic links to
-    folders are not followed.
+    folders are not followed. Other visible files (``.gif``, ``.heic``, ``.txt``, ...) are
+    appended to ``unsupported``, sorted, when it is given.
     """
-    found = []
+    found, others = [], []
     for folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         base = Path(folder).relative_to(root)
-        found += [
-            (base / name).as_posix()
-            for name in files
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
-        ]
+        for name in files:
+            if name.startswith("."):
+                continue
+            kept = found if Path(name).suffix.lower() in IMAGE_SUFFIXES else others
+            kept.append((base / name).as_posix())
+    if unsupported is not None:
+        unsupported += sorted(others)
     return sorted(found)
 
 

@@ -19,7 +19,13 @@ import numpy as np
 import torch
 
 from maskdistill.data.base import ImageRecord
-from maskdistill.discover.feature import FEATURES, cls_features, feature_inputs
+from maskdistill.discover.feature import (
+    FEATURES,
+    bound_longer_side,
+    cls_features,
+    feature_inputs,
+    scale_to_feature,
+)
 from maskdistill.discover.mask import cls_affinity, object_mask
 from maskdistill.loader import Loaded, image_batches
 from maskdistill.masks import mask_box, upsample_grid_mask
@@ -42,6 +48,9 @@ class DiscoverSettings:
         center_keys: subtract each image's mean key before the patch graph (not the reference).
         feature: "crop" (CLS token of the image cropped to the mask's box) or "masked" (of the
             image with everything outside the mask zeroed).
+        feature_max_side: the feature's image is scaled down to this longer side when it is
+            larger (0: always the original size, as the reference), so that a large photo
+            costs about as much as a VOC image.
     """
 
     resize: int
@@ -50,6 +59,7 @@ class DiscoverSettings:
     mass: float
     center_keys: bool
     feature: str
+    feature_max_side: int = 0
 
     def __post_init__(self) -> None:
         checks = {
@@ -58,6 +68,7 @@ class DiscoverSettings:
             "topk": (0 < self.topk <= 1, "in (0, 1]"),
             "mass": (0 < self.mass <= 1, "in (0, 1]"),
             "feature": (self.feature in FEATURES, f"one of {FEATURES}"),
+            "feature_max_side": (self.feature_max_side >= 0, ">= 0"),
         }
         for name, (ok, wanted) in checks.items():
             if not ok:
@@ -90,7 +101,8 @@ class DiscoverInput:
 
     image: torch.Tensor  # (3, Hp, Wp) resized, normalised, zero-padded to the mask patch
     resized_size: tuple[int, int]  # (H', W') before padding
-    full: torch.Tensor  # (3, H', W') original size, normalised, padded to the feature patch
+    full: torch.Tensor  # (3, H'', W'') the feature's image, normalised, padded to its patch
+    feature_size: tuple[int, int]  # (H'', W''): the original size, or scaled down to the bound
 
 
 @dataclass(frozen=True)
@@ -102,11 +114,13 @@ class PrepareDiscoverInput:
     norm: Normalization
     feature_patch: int
     feature_norm: Normalization
+    feature_max_side: int = 0
 
     def __call__(self, image: np.ndarray, record: ImageRecord) -> DiscoverInput:
         tensor, resized = vit.preprocess(image, self.resize, self.patch, self.norm)
-        full = vit.preprocess_full(image, self.feature_patch, self.feature_norm)
-        return DiscoverInput(tensor, tuple(resized), full)
+        bounded = bound_longer_side(image, self.feature_max_side)
+        full = vit.preprocess_full(bounded, self.feature_patch, self.feature_norm)
+        return DiscoverInput(tensor, tuple(resized), full, bounded.shape[:2])
 
 
 def _input_shape(value: DiscoverInput) -> tuple[int, ...]:
@@ -185,10 +199,14 @@ def discover_batch(
         )
         masks.append(mask)
         boxes.append(box)
+    scaled = [
+        scale_to_feature(mask, box, item.value.feature_size)
+        for mask, box, item in zip(masks, boxes, items, strict=True)
+    ]
     inputs = feature_inputs(
         [item.value.full for item in items],
-        masks,
-        boxes,
+        [mask for mask, _ in scaled],
+        [box for _, box in scaled],
         settings.feature,
         vit.patch_size(models.feature),
     )
@@ -221,6 +239,7 @@ def input_batches(
         vit.normalization(models.backbone),
         vit.patch_size(models.feature),
         vit.normalization(models.feature),
+        settings.feature_max_side,
     )
     return image_batches(
         records,
@@ -279,4 +298,55 @@ def discover_records(
     )
     with torch.inference_mode():
         for items in batches:
-            yield from discover_batch(items, models, settings, device, precision)
+            yield from _discover_or_skip(
+                items, models, settings, device, precision, on_bad_image, skipped
+            )
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation failure (CUDA's, or the CPU allocator's)."""
+    if isinstance(error, torch.OutOfMemoryError | MemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text
+    )
+
+
+def _discover_or_skip(
+    items: Sequence[Loaded],
+    models: vit.Backbones,
+    settings: DiscoverSettings,
+    device: torch.device,
+    precision: str,
+    on_bad_image: str,
+    skipped: list[tuple[str, str]] | None,
+) -> list[dict[str, Any]]:
+    """:func:`discover_batch`; a batch that runs out of memory is retried one image at a time,
+    and an image that alone runs out of memory is skipped (``on_bad_image: skip``) or stops the
+    shard with its name (``error``): the rest of the shard is kept either way."""
+    try:
+        return discover_batch(items, models, settings, device, precision)
+    except Exception as error:
+        if not _out_of_memory(error):
+            raise
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if len(items) > 1:
+            return [
+                record
+                for item in items
+                for record in _discover_or_skip(
+                    [item], models, settings, device, precision, on_bad_image, skipped
+                )
+            ]
+        (item,) = items
+        reason = f"out of memory in discover at {item.image_size[1]} x {item.image_size[0]} px"
+        if on_bad_image != "skip":
+            raise MemoryError(
+                f"{item.record.path}: {reason}; lower discover.feature_max_side or "
+                "resources.discover.batch_size, or set on_bad_image: skip"
+            ) from error
+        if skipped is not None:
+            skipped.append((item.record.file_name, reason))
+        return []

@@ -2,16 +2,20 @@
 
 ``crop`` (the reference code): the original-resolution normalised image cropped to the mask's
 box, zero-padded to multiples of P. ``masked`` (the paper's text): the image with every pixel
-outside the mask zeroed. An empty mask gives the feature of the whole image.
+outside the mask zeroed. An empty mask gives the feature of the whole image. Images whose
+longer side exceeds ``discover.feature_max_side`` are scaled down to it first, mask and box
+with them (:func:`bound_longer_side`, :func:`scale_to_feature`).
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from maskdistill.models import vit
 from maskdistill.models.vit import pad_to_patch
@@ -49,6 +53,44 @@ def mask_outside(image: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
     keep = torch.zeros(image.shape[-2:], dtype=torch.bool, device=image.device)
     keep[:height, :width] = torch.from_numpy(np.asarray(mask, dtype=bool)).to(image.device)
     return image * keep
+
+
+def bound_longer_side(image: np.ndarray, max_side: int) -> np.ndarray:
+    """``image`` (H, W, 3) uint8 scaled down (PIL bilinear, antialiased) so that its longer side
+    is ``max_side`` when it is longer; unchanged otherwise or when ``max_side`` is 0."""
+    height, width = image.shape[:2]
+    if max_side == 0 or max(height, width) <= max_side:
+        return image
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+
+
+def scale_to_feature(
+    mask: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int]
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A mask (H, W) and its box (x, y, w, h) at the feature image's (H'', W'') ``size``.
+
+    The mask by nearest neighbour (a mask too thin to survive is replaced by its box), the box
+    by its corners (floored and ceiled, so it still covers the object); both unchanged when the
+    sizes agree.
+    """
+    height, width = mask.shape
+    if (height, width) == tuple(size):
+        return mask, box
+    rows, cols = size
+    scaled = np.asarray(Image.fromarray(mask).resize((cols, rows), Image.Resampling.NEAREST))
+    x, y, w, h = box
+    if w <= 0 or h <= 0:
+        return scaled, (0, 0, 0, 0)
+    sx, sy = cols / width, rows / height
+    x0, y0 = math.floor(x * sx), math.floor(y * sy)
+    x1, y1 = min(cols, math.ceil((x + w) * sx)), min(rows, math.ceil((y + h) * sy))
+    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
+    if not scaled.any():  # too thin to survive the scaling: its box stands in for it
+        scaled = scaled.copy()
+        scaled[y0:y1, x0:x1] = True
+    return scaled, (x0, y0, x1 - x0, y1 - y0)
 
 
 def feature_inputs(

@@ -9,8 +9,11 @@ mis-shaped tensor is an error listing them, never a silently random layer.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import socket
-from collections.abc import Callable, Iterable
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,8 @@ from safetensors.torch import load_file
 
 HUB_TIMEOUT_S = 15
 """Seconds a weight download may wait for the network before it fails."""
+HUB_PROBE_TIMEOUT_S = 5
+"""Seconds to wait for the Hugging Face hub to answer before using the local cache alone."""
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -85,24 +90,74 @@ def load_strict(
     model.load_state_dict(state_dict, strict=False)
 
 
-def download(fetch: Callable[[], Any], name: str, setting: str) -> Any:
-    """Run ``fetch`` (a hub download) with a short network timeout.
+def hub_endpoint() -> tuple[str, int]:
+    """(host, port) of the Hugging Face hub that timm downloads from (``HF_ENDPOINT``)."""
+    parts = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    return parts.hostname or "huggingface.co", parts.port or (80 if parts.scheme == "http" else 443)
+
+
+def reachable(host: str, port: int, timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def hub_cache_only() -> Iterator[None]:
+    """Hugging Face hub downloads from the local cache only, without network requests (as with
+    ``HF_HUB_OFFLINE=1``), inside the block."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def download(fetch: Callable[[], Any], name: str, setting: str, hub: bool = False) -> Any:
+    """Run ``fetch`` (a download, from the Hugging Face hub when ``hub``) with short timeouts.
+
+    A hub download first checks in at most 5 s that the hub can be reached; when it cannot
+    (offline, a firewall), the weights come from the local cache alone, so an offline machine
+    with a filled cache works and one without fails at once instead of retrying for a minute.
 
     Raises:
-        ValueError: naming the weights, the config setting that asked for them and the ways out
-            (a local file, or a machine with network access to fill the cache), when the
-            download fails (offline, a firewall, a wrong name).
+        ValueError: one line naming the weights, the config setting that asked for them and the
+            ways out (a local file, a filled cache), when the download fails.
     """
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(HUB_TIMEOUT_S)
+    offline = hub and not reachable(*hub_endpoint())
     try:
+        if offline:
+            with hub_cache_only():
+                return fetch()
         return fetch()
     except Exception as error:
-        raise ValueError(
-            f"{setting}: cannot download the weights {name!r} ({type(error).__name__}: "
-            f"{error}). Offline? Set {setting} to a local weights file, or fetch them once on a "
-            f"machine with network access (torch hub cache: {torch.hub.get_dir()}, Hugging "
-            "Face cache: $HF_HOME) and copy the cache here"
-        ) from error
+        raise ValueError(_download_error(name, setting, error, offline)) from error
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def _download_error(name: str, setting: str, error: Exception, offline: bool) -> str:
+    if offline:
+        from huggingface_hub import constants
+
+        host = hub_endpoint()[0]
+        return (
+            f"{setting}: the weights {name!r} are not in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}) and {host} cannot be reached. Set {setting} to a local "
+            "checkpoint file, or download the weights once on a machine with network access "
+            "and copy its cache folder here (then HF_HUB_OFFLINE=1 skips the network check)"
+        )
+    return (
+        f"{setting}: cannot download the weights {name!r} ({type(error).__name__}: {error}). "
+        f"Offline? Set {setting} to a local weights file, or fetch them once on a machine with "
+        f"network access (torch hub cache: {torch.hub.get_dir()}, Hugging Face cache: "
+        "$HF_HOME) and copy the cache here"
+    )

@@ -111,7 +111,7 @@ def build_deeplab(
 ) -> tuple[DeepLab, Normalization]:
     """A DeepLab-v3 with ``num_outputs`` outputs (K + 1) and its input normalisation."""
     if settings.arch == "vit":
-        model = vit.load_backbone(settings.init)
+        model = vit.load_backbone(settings.init, setting="segment.init")
         features = vit.PatchFeatures(model, trainable=settings.freeze_layers == 0)
         head = deeplab_head(features.out_channels, num_outputs, settings.head_channels)
         frozen = ["backbone.features"] if settings.freeze_layers > 0 else []

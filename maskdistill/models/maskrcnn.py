@@ -167,7 +167,7 @@ def _resnet_fpn(
 
 
 def _vit_pyramid(settings: MaskRCNNSettings) -> tuple[ViTPyramid, Normalization]:
-    model = vit.load_backbone(settings.init)
+    model = vit.load_backbone(settings.init, setting="distill.init")
     features = vit.PatchFeatures(model, trainable=settings.trainable_layers > 0)
     return ViTPyramid(features, settings.fpn_channels), vit.normalization(model)
 

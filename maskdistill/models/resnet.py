@@ -152,7 +152,7 @@ def resnet_weights(spec: str, arch: str, setting: str) -> ResNetWeights:
         import timm  # only this source needs it
 
         name = spec.removeprefix("timm:")
-        model = download(lambda: timm.create_model(name, pretrained=True), spec, setting)
+        model = download(lambda: timm.create_model(name, pretrained=True), spec, setting, hub=True)
         cfg = model.pretrained_cfg
         norm = Normalization(tuple(cfg["mean"]), tuple(cfg["std"]))
         return ResNetWeights(filter_torchvision(model.state_dict()), norm, spec)

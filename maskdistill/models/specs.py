@@ -5,6 +5,8 @@ The workflow reads this when it parses the rules, to declare weight files as job
 
 from __future__ import annotations
 
+from pathlib import Path
+
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".tar")
 HUB_PREFIXES = ("hf-hub:", "timm:", "torchvision:")
 PSEUDO_SPECS = ("none", "same")
@@ -24,3 +26,10 @@ def looks_like_path(spec: str) -> bool:
 def weight_files(specs: list[str | None]) -> list[str]:
     """The specs that name weight files, sorted and without repeats."""
     return sorted({s for s in specs if s is not None and looks_like_path(s)})
+
+
+def weight_source(spec: str, pretrained: bool = True) -> str:
+    """Where a backbone spec's weights come from: ``hub``, ``file``, or ``random``."""
+    if spec.startswith("random:") or not pretrained and not Path(spec).is_file():
+        return "random"
+    return "file" if looks_like_path(spec) or Path(spec).is_file() else "hub"

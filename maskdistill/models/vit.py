@@ -27,7 +27,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from timm.models import VisionTransformer
 
-from maskdistill.models.checkpoint import load_strict, read_checkpoint
+from maskdistill.models.checkpoint import download, load_strict, read_checkpoint
 from maskdistill.models.norm import IMAGENET, Normalization
 from maskdistill.models.specs import looks_like_path
 
@@ -51,6 +51,7 @@ def load_backbone(
     pretrained: bool = True,
     num_heads: int | None = None,
     device: str | torch.device = "cpu",
+    setting: str = "discover.backbone",
 ) -> VisionTransformer:
     """Build a frozen ViT in eval mode (``requires_grad`` False) on ``device``.
 
@@ -68,10 +69,12 @@ def load_backbone(
         num_heads: attention heads of a checkpoint or random model (default from the width:
             192 -> 3, 384 -> 6, 768 -> 12, 1024 -> 16); for timm names, an override.
         device: where the model lives.
+        setting: the config setting that names ``spec`` (in error messages).
 
     Raises:
         FileNotFoundError: a checkpoint path that does not exist.
-        ValueError: unknown timm name, unreadable checkpoint, or weights that do not fit.
+        ValueError: unknown timm name, unreadable checkpoint, weights that do not fit, hub
+            weights that cannot be downloaded (within seconds when offline).
     """
     if spec.startswith("random:"):
         model = _random_backbone(spec, num_heads)
@@ -80,7 +83,7 @@ def load_backbone(
     elif looks_like_path(spec):
         raise FileNotFoundError(f"backbone checkpoint not found: {spec}")
     else:
-        model = _timm_backbone(spec, pretrained, num_heads)
+        model = _timm_backbone(spec, pretrained, num_heads, setting)
     if not getattr(model, "pretrained_cfg", None):  # built here, not by timm: DINO's statistics
         model.pretrained_cfg = {"mean": IMAGENET.mean, "std": IMAGENET.std}
     model.eval().requires_grad_(False)
@@ -118,17 +121,24 @@ def load_backbones(
     backbone = load_backbone(spec, pretrained=pretrained, num_heads=num_heads, device=device)
     if feature_spec in ("same", spec):
         return Backbones(backbone, backbone)
-    feature = load_backbone(feature_spec, pretrained=pretrained, device=device)
+    feature = load_backbone(
+        feature_spec, pretrained=pretrained, device=device, setting="discover.feature_backbone"
+    )
     return Backbones(backbone, feature)
 
 
-def _timm_backbone(name: str, pretrained: bool, num_heads: int | None) -> VisionTransformer:
-    """A model from timm's registry, without classifier head."""
+def _timm_backbone(
+    name: str, pretrained: bool, num_heads: int | None, setting: str
+) -> VisionTransformer:
+    """A model from timm's registry, without classifier head (weights from the hub)."""
     kwargs = {"num_heads": num_heads} if num_heads is not None else {}
-    try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
-    except RuntimeError as error:
-        raise ValueError(f"backbone {name!r}: {error}") from error
+    if not timm.is_model(name):
+        raise ValueError(f"{setting}: {name!r} is neither a timm model name nor an existing file")
+
+    def create() -> torch.nn.Module:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+
+    model = download(create, name, setting, hub=True) if pretrained else create()
     if not isinstance(model, VisionTransformer):
         raise ValueError(f"backbone {name!r} is a {type(model).__name__}, not a VisionTransformer")
     return model

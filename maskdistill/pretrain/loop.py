@@ -23,18 +23,15 @@ from maskdistill.pretrain.views import ViewSource
 from maskdistill.progress import Progress
 from maskdistill.provenance import provenance
 from maskdistill.training import (
+    CheckpointError,
     MetricsLog,
     check_finite,
     cosine_schedule,
     ema_update,
     step_generators,
 )
-from maskdistill.training import (
-    load_checkpoint as read_training_checkpoint,
-)
-from maskdistill.training import (
-    save_checkpoint as write_training_checkpoint,
-)
+from maskdistill.training import load_checkpoint as read_training_checkpoint
+from maskdistill.training import save_checkpoint as write_training_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +69,7 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     center: Tensor
     step: int = 0
+    schedule: list[list[int]] = dataclasses.field(default_factory=list)  # [first step, steps]
 
 
 def new_state(settings: PretrainSettings, device: str | torch.device = "cpu") -> TrainState:
@@ -89,7 +87,7 @@ def new_state(settings: PretrainSettings, device: str | torch.device = "cpu") ->
         lr=settings.lr,
     )
     center = torch.zeros(settings.out_dim, device=device)
-    return TrainState(settings, student, teacher, optimizer, center)
+    return TrainState(settings, student, teacher, optimizer, center, schedule=[[0, settings.steps]])
 
 
 def train_step(state: TrainState, globals_: Tensor, locals_: Tensor) -> dict[str, float]:
@@ -153,16 +151,35 @@ def save_checkpoint(path: str | Path, state: TrainState) -> None:
             "optimizer": state.optimizer.state_dict(),
             "center": state.center,
         },
-        extra={"provenance": provenance()},
+        extra={"provenance": provenance(), "schedule": state.schedule},
     )
 
 
 def load_checkpoint(
     path: str | Path, settings: PretrainSettings, device: str | torch.device = "cpu"
 ) -> TrainState:
-    """Restore a training state saved by :func:`save_checkpoint` (same settings required)."""
-    payload = read_training_checkpoint(path, dataclasses.asdict(settings))
+    """Restore a training state saved by :func:`save_checkpoint`.
+
+    The settings must be the saved ones, but ``steps`` may grow: a finished (or interrupted)
+    run then continues to the new length, its schedules (learning rate, weight decay, teacher
+    momentum) recomputed for the new length from the step it resumes at, so the result is not
+    that of a run with the new length from step 0. The lengths a run was trained with are kept
+    in the checkpoint (``extra.schedule``: [first step, steps] pairs).
+    """
+    payload = read_training_checkpoint(path, dataclasses.asdict(settings), may_change=("steps",))
+    step, saved_steps = int(payload["step"]), int(payload["settings"]["steps"])
+    if settings.steps < step:
+        raise CheckpointError(
+            f"{path}: {step} steps are done, more than steps {settings.steps}; raise steps to "
+            f">= {step}, or delete {path} (or pass --no-resume) to start from step 0"
+        )
+    schedule = [list(pair) for pair in payload["extra"].get("schedule", [[0, saved_steps]])]
+    if settings.steps != saved_steps:
+        log.info("%s: continuing at step %d with steps %d (was %d)", path, step, settings.steps,
+                 saved_steps)  # fmt: skip
+        schedule.append([step, settings.steps])
     state = new_state(settings, device)
+    state.schedule = schedule
     state.student.load_state_dict(payload["student"])
     state.teacher.load_state_dict(payload["teacher"])
     state.optimizer.load_state_dict(payload["optimizer"])

@@ -1,0 +1,203 @@
+"""Checks of a validated config against the files it names, before any job starts.
+
+The workflow runs them when it parses the config (rules/common.smk), so that a dry run already
+fails with the setting's name: dataset roots and image lists that do not exist, weight files
+that are not readable, ``discover.heads`` above the backbone's heads, ``cluster.k`` above the
+number of images. They read only file headers and lists (no network, no PyTorch); what cannot
+be known this way (a hub model's weights, a legacy pickle checkpoint) is checked by its job.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import struct
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+# attention heads of timm's ViT sizes (vit_<size>_patch...)
+VIT_HEADS = {"tiny": 3, "small": 6, "base": 12, "large": 16, "huge": 16}
+WIDTH_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16}
+
+
+def check_dataset(dataset: Mapping[str, Any], setting: str, generated: bool = False) -> None:
+    """The dataset's root, image folder and lists exist (``setting``: e.g. ``dataset``)."""
+    if generated:
+        return  # the workflow writes it
+    root = Path(dataset["root"])
+    if not root.is_dir():
+        raise ValueError(f"config key '{setting}.root': {root} is not a folder")
+    splits = [*dataset.get("learn_splits", []), dataset.get("eval_split")]
+    if dataset["kind"] == "voc":
+        if not (root / "JPEGImages").is_dir():
+            raise ValueError(f"config key '{setting}.root': {root} has no JPEGImages folder")
+        sets = root / "ImageSets" / dataset["imagesets"]
+        for split in filter(None, splits):
+            _require(sets / f"{split}.txt", f"{setting}.learn_splits / eval_split", "is missing")
+    elif dataset["kind"] == "coco":
+        for key in ("annotations", "image_list"):
+            if dataset.get(key) is not None:
+                _require(Path(dataset[key]), f"{setting}.{key}", "does not exist")
+
+
+def _require(path: Path, setting: str, problem: str) -> None:
+    if not path.is_file():
+        raise ValueError(f"config key '{setting}': {path} {problem}")
+
+
+def image_count(dataset: Mapping[str, Any], folder_images: list[str] | None = None) -> int | None:
+    """The number of learning images when it can be known from lists alone, else None."""
+    if dataset["kind"] == "folder":
+        return None if folder_images is None else len(folder_images)
+    if dataset["kind"] == "voc":
+        sets = Path(dataset["root"]) / "ImageSets" / dataset["imagesets"]
+        names: set[str] = set()
+        for split in dataset["learn_splits"]:
+            names.update(line.strip() for line in (sets / f"{split}.txt").read_text().split())
+        return len(names - {""})
+    if dataset.get("image_list") is not None:
+        return len([n for n in Path(dataset["image_list"]).read_text().split() if n])
+    return None
+
+
+def check_cluster_count(k: int, overcluster: int, images: int | None) -> None:
+    """``cluster.k`` x ``cluster.overcluster`` clusters need at least as many images."""
+    if images is not None and k * overcluster > images:
+        raise ValueError(
+            f"config key 'cluster.k': {k} x overcluster {overcluster} clusters but only {images} "
+            "learning images (K-means needs at least one image per cluster)"
+        )
+
+
+def check_weights_file(path: str | Path, setting: str) -> None:
+    """A weights file can be read: a safetensors header, or a torch zip archive whose every
+    member passes its CRC check (legacy pickle files are left to the job)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config key '{setting}': {path} does not exist")
+    if path.suffix == ".safetensors":
+        _safetensors_header(path, setting)
+    elif zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
+            raise ValueError(f"config key '{setting}': {path} is corrupt ({error})") from error
+        if bad is not None:
+            raise ValueError(f"config key '{setting}': {path} is corrupt (member {bad})")
+    elif path.stat().st_size == 0:
+        raise ValueError(f"config key '{setting}': {path} is empty (0 bytes)")
+
+
+def _safetensors_header(path: Path, setting: str) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            return json.loads(f.read(length))
+    except (struct.error, ValueError, OSError) as error:
+        raise ValueError(f"config key '{setting}': {path} is not a safetensors file") from error
+
+
+def backbone_heads(spec: str, num_heads: int | None) -> int | None:
+    """The attention heads of a backbone when ``num_heads``, a timm name, a ``random:`` spec or a
+    safetensors file's shapes tell (from the width, as the loader infers them), else None
+    (a ``.pth`` checkpoint: its job checks)."""
+    if num_heads is not None:
+        return num_heads
+    if spec.startswith("random:"):
+        fields = dict(item.partition("=")[::2] for item in spec[7:].split(",") if item)
+        if "heads" in fields:
+            return int(fields["heads"])
+        return WIDTH_HEADS.get(int(fields.get("width", 192)))
+    path = Path(spec)
+    if path.suffix == ".safetensors" and path.is_file():
+        header = _safetensors_header(path, "discover.backbone")
+        width = header.get("cls_token", {}).get("shape", [0])[-1]
+        return WIDTH_HEADS.get(width)
+    match = re.match(r"vit_(tiny|small|base|large|huge)_", path.name)
+    return VIT_HEADS[match.group(1)] if match and not path.is_file() else None
+
+
+def check_heads(heads: int, spec: str, num_heads: int | None) -> None:
+    """``discover.heads`` (the heads averaged) is at most the backbone's heads."""
+    available = backbone_heads(spec, num_heads)
+    if available is not None and heads > available:
+        raise ValueError(
+            f"config key 'discover.heads': {heads} heads averaged, but the backbone {spec!r} "
+            f"has {available}"
+        )
+
+
+def check_distill_backend(distill: Mapping[str, Any], installed: bool) -> None:
+    """``distill.backend: detectron2`` needs detectron2 and an architecture it builds."""
+    if distill["backend"] != "detectron2":
+        return
+    if not installed:
+        raise ValueError(
+            "config key 'distill.backend': detectron2 is not installed (it is optional; "
+            "pip install 'git+https://github.com/facebookresearch/detectron2.git', or conda-forge)"
+        )
+    if distill["arch"] != "resnet50":
+        raise ValueError(
+            f"config key 'distill.arch': {distill['arch']!r} is a torchvision-backend "
+            "architecture; the detectron2 backend builds distill.detectron2_config (set "
+            "distill.arch: resnet50)"
+        )
+
+
+def check_config(
+    config: Mapping[str, Any], list_folder: Callable[[str], list[str]] | None = None
+) -> None:
+    """Every check above on a validated config.
+
+    Args:
+        config: the validated config, defaults filled in.
+        list_folder: root -> the image files of a folder dataset (default
+            :func:`maskdistill.data.folder.list_images`; the workflow passes its cached one).
+
+    Raises:
+        ValueError: naming the config key and the problem.
+    """
+    from maskdistill.models.specs import looks_like_path
+
+    demo = config["demo_data"]
+    dataset = config["dataset"]
+    check_dataset(dataset, "dataset", generated=demo["generate"])
+    support = config["cluster"]["support_dataset"]
+    if support is not None:
+        check_dataset(support, "cluster.support_dataset")
+    installed = importlib.util.find_spec("detectron2") is not None
+    check_distill_backend(config["distill"], installed)
+    discover, pretrain = config["discover"], config["pretrain"]
+    named = {
+        "discover.backbone": None if pretrain["enabled"] else discover["backbone"],
+        "discover.feature_backbone": discover["feature_backbone"],
+        "distill.init": config["distill"]["init"],
+        "segment.init": config["segment"]["init"],
+    }
+    for setting, spec in named.items():
+        if spec is not None and looks_like_path(spec):
+            check_weights_file(spec, setting)
+    if pretrain["enabled"]:
+        check_heads(discover["heads"], "the pretrained backbone", pretrain["num_heads"])
+    else:
+        check_heads(discover["heads"], discover["backbone"], discover["num_heads"])
+    if support is None:
+        if demo["generate"]:
+            sizes = {"train": demo["num_train"], "val": demo["num_val"]}
+            images = sum(sizes.get(split, 0) for split in dataset["learn_splits"])
+        else:
+            listing = list_folder or _list_folder
+            listed = listing(dataset["root"]) if dataset["kind"] == "folder" else None
+            images = image_count(dataset, listed)
+        cluster = config["cluster"]
+        check_cluster_count(cluster["k"], cluster["overcluster"], images)
+
+
+def _list_folder(root: str) -> list[str]:
+    from maskdistill.data.folder import list_images
+
+    return list_images(Path(root))
