@@ -120,13 +120,9 @@ def one_per_image(annotations: Mapping[str, list[dict]], source: str) -> dict[st
 
 def annotation_mask(ann: Mapping[str, Any], record: ImageRecord, source: str) -> np.ndarray:
     """The bool (H, W) mask of an annotation, checked against the image's size."""
-    mask = decode_rle(ann["segmentation"])
-    if mask.shape != (record.height, record.width):
-        raise ValueError(
-            f"{source}: mask of {record.file_name!r} is {mask.shape}, the image "
-            f"{(record.height, record.width)}"
-        )
-    return mask
+    return decode_rle(
+        ann["segmentation"], (record.height, record.width), f"{source}: {record.file_name!r}"
+    )
 
 
 def semantic_confusion(

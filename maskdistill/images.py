@@ -12,9 +12,12 @@ Conversions applied by :func:`load_image` (after the EXIF orientation):
   values outside 0..65535 and a float ``F`` image with values outside 0..1 are stretched
   linearly from their minimum to their maximum instead (``F`` in 0..1 is scaled by 255).
 
-Pillow's decompression-bomb guard (``Image.MAX_IMAGE_PIXELS``) is left as Pillow sets it, and
-truncated files are rejected (``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set): every pixel is
-decoded before an image is accepted.
+An image of more than :func:`max_pixels` pixels (config key ``max_pixels``, environment variable
+``MASKDISTILL_MAX_PIXELS``; default 40 million) is a bad image, found from its header before any
+pixel is decoded: it bounds every stage's memory per image. Pillow's decompression-bomb guard
+(``Image.MAX_IMAGE_PIXELS``) is left as Pillow sets it, and truncated files are rejected
+(``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set): every pixel is decoded before an image is
+accepted.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from maskdistill.io import atomic_path
 log = logging.getLogger(__name__)
 
 ON_BAD_IMAGE = ("error", "skip")
+MAX_PIXELS_VARIABLE = "MASKDISTILL_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 40_000_000  # the stages' peak memory per image stays well under 24 GB
 # EXIF orientations that turn the image by 90 degrees (stored width is the displayed height)
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 _SKIPPED_HEADER = ("file", "reason")
@@ -86,6 +91,29 @@ def pillow_errors(path: str | os.PathLike) -> Iterator[None]:
         raise BadImageError(path, _reason(Path(path), error)) from error
 
 
+def max_pixels() -> int:
+    """The largest image (height x width) any stage reads: ``$MASKDISTILL_MAX_PIXELS`` (the
+    workflow sets it from the config key ``max_pixels``), default :data:`DEFAULT_MAX_PIXELS`."""
+    value = os.environ.get(MAX_PIXELS_VARIABLE, "").strip()
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{MAX_PIXELS_VARIABLE}={value!r}: expected a positive whole number")
+    return int(value)
+
+
+def check_pixels(source: str | os.PathLike, height: int, width: int) -> None:
+    """Raise BadImageError naming ``source`` when height x width exceeds :func:`max_pixels`."""
+    limit = max_pixels()
+    if int(height) * int(width) > limit:
+        raise BadImageError(
+            source,
+            f"{width} x {height} = {int(height) * int(width):,} pixels, more than the limit of "
+            f"{limit:,} (config key max_pixels, or {MAX_PIXELS_VARIABLE}; each image's memory "
+            "grows with its pixels)",
+        )
+
+
 def _scale_to_uint8(values: np.ndarray, full_scale: float) -> np.ndarray:
     """Map 0..full_scale linearly to 0..255 (rounded); stretch min..max when values exceed it."""
     values = np.nan_to_num(values.astype(np.float64))
@@ -130,6 +158,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
             decompression-bomb pixel limit; the message names the file and the reason.
     """
     with pillow_errors(path), Image.open(path) as image:
+        check_pixels(path, image.height, image.width)
         image.load()  # decode every pixel now, so that truncated data fails here
         upright = ImageOps.exif_transpose(image)
         return to_rgb(upright)
@@ -154,6 +183,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """
     with pillow_errors(path), Image.open(path) as image:
         width, height = image.size
+        check_pixels(path, height, width)
         if _orientation(image) in _SWAPPING_ORIENTATIONS:
             return width, height
         return height, width

@@ -21,8 +21,9 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from maskdistill.images import BadImageError, pillow_errors
+from maskdistill.images import BadImageError, max_pixels, pillow_errors
 from maskdistill.io import atomic_path
+from maskdistill.names import output_path
 
 IGNORE = 255
 """Label of pixels that no metric scores (VOC's object boundaries, COCO's crowd regions)."""
@@ -77,8 +78,37 @@ def _pycocotools_rle(rle: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def decode_rle(rle: dict[str, Any]) -> np.ndarray:
-    """The bool (H, W) mask of a compressed RLE (``counts`` as str or bytes)."""
+def rle_shape(rle: Any, source: str = "RLE") -> tuple[int, int]:
+    """The (H, W) an RLE declares, checked to be two positive ints within the pixel limit
+    (:func:`maskdistill.images.max_pixels`) before anything is decoded; ValueError naming
+    ``source`` otherwise."""
+    size = rle.get("size") if isinstance(rle, dict) else None
+    if (
+        not isinstance(size, (list, tuple))
+        or len(size) != 2
+        or not all(isinstance(v, int) and v > 0 for v in size)
+        or "counts" not in rle
+    ):
+        raise ValueError(f"{source}: not a COCO RLE (expected 'size': [H, W] and 'counts')")
+    if size[0] * size[1] > max_pixels():
+        raise ValueError(
+            f"{source}: RLE of {size[1]} x {size[0]} pixels, more than the limit of "
+            f"{max_pixels():,} (config key max_pixels)"
+        )
+    return int(size[0]), int(size[1])
+
+
+def decode_rle(
+    rle: dict[str, Any], shape: tuple[int, int] | None = None, source: str = "RLE"
+) -> np.ndarray:
+    """The bool (H, W) mask of a compressed RLE (``counts`` as str or bytes).
+
+    The declared size is checked first (:func:`rle_shape`), and against ``shape`` (the image's
+    (H, W)) when given: ValueError naming ``source``.
+    """
+    declared = rle_shape(rle, source)
+    if shape is not None and declared != tuple(shape):
+        raise ValueError(f"{source}: RLE of size {list(declared)}, the image is {list(shape)}")
     return mask_utils.decode(_pycocotools_rle(rle)).astype(bool)
 
 
@@ -210,9 +240,10 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
 def label_png_path(folder: str | os.PathLike, file_name: str) -> Path:
     """Where a stage writes the label PNG of image ``file_name``: ``folder/<file_name stem>.png``.
 
-    Sub-folders of ``file_name`` (folder datasets) are kept, so names never collide.
+    Sub-folders of ``file_name`` (folder datasets) are kept, so names never collide; a name that
+    is not a plain relative path raises :class:`maskdistill.names.UnsafeNameError`.
     """
-    return Path(folder) / Path(file_name).with_suffix(".png")
+    return output_path(folder, file_name, ".png")
 
 
 def find_label_png(folders: Iterable[str | os.PathLike], file_name: str) -> Path:

@@ -13,6 +13,8 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # no display: render to arrays
+# names come from data (class names, run names): never read "$...$" in them as mathtext
+matplotlib.rcParams["text.parse_math"] = False
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402

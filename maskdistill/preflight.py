@@ -43,6 +43,48 @@ def check_dataset(dataset: Mapping[str, Any], setting: str, generated: bool = Fa
                 _require(Path(dataset[key]), f"{setting}.{key}", "does not exist")
 
 
+def rejected_names(
+    dataset: Mapping[str, Any], list_folder: Callable[[str], list[str]] | None = None
+) -> list[tuple[str, str]]:
+    """(name, where it comes from and why) of the image names of a dataset that are not plain
+    relative paths (:mod:`maskdistill.names`), from the lists known at parse time: VOC split
+    files and folder listings (a COCO JSON is checked by the jobs that read it)."""
+    from maskdistill.names import unsafe_reason
+
+    if dataset["kind"] == "voc":
+        from maskdistill.data.voc import split_rejects
+
+        sets = Path(dataset["root"]) / "ImageSets" / dataset["imagesets"]
+        splits = dict.fromkeys(filter(None, [*dataset["learn_splits"], dataset.get("eval_split")]))
+        files = [sets / f"{split}.txt" for split in splits]
+        return [(e.name, str(e)) for f in files if f.is_file() for e in split_rejects(f)]
+    if dataset["kind"] == "folder":
+        listing = list_folder or _list_folder
+        root = dataset["root"]
+        return [
+            (name, f"{root}: image name {ascii(name)} {reason}")
+            for name in listing(root)
+            if (reason := unsafe_reason(name)) is not None
+        ]
+    return []
+
+
+def check_image_names(
+    dataset: Mapping[str, Any],
+    on_bad_image: str,
+    list_folder: Callable[[str], list[str]] | None = None,
+) -> list[tuple[str, str]]:
+    """:func:`rejected_names`: under ``on_bad_image: error`` the first is a ValueError naming the
+    file and line; under ``skip`` they are returned (the jobs list them as skipped)."""
+    rejected = rejected_names(dataset, list_folder)
+    if rejected and on_bad_image == "error":
+        raise ValueError(
+            f"{rejected[0][1]}; fix or remove the line (or set on_bad_image: skip to leave "
+            f"such images out; {len(rejected)} found)"
+        )
+    return rejected
+
+
 def _require(path: Path, setting: str, problem: str) -> None:
     if not path.is_file():
         raise ValueError(f"config key '{setting}': {path} {problem}")
@@ -131,10 +173,22 @@ def check_heads(heads: int, spec: str, num_heads: int | None) -> None:
         )
 
 
+def check_pickle(init: str, trust_pickle: bool) -> None:
+    """A ``.pkl`` init is unpickled by detectron2 (it can run code): only with ``trust_pickle``."""
+    if Path(init).suffix == ".pkl" and not trust_pickle:
+        raise ValueError(
+            f"config key 'distill.init': {init} is a pickle, which detectron2 unpickles (a pickle "
+            "from a stranger can run code); convert it to .pth (docs/security.md) or, for a file "
+            "you trust, set distill.trust_pickle: true"
+        )
+
+
 def check_distill_backend(distill: Mapping[str, Any], installed: bool) -> None:
-    """``distill.backend: detectron2`` needs detectron2 and an architecture it builds."""
+    """``distill.backend: detectron2`` needs detectron2, an architecture it builds, and no
+    pickle among its weights unless the user trusts it."""
     if distill["backend"] != "detectron2":
         return
+    check_pickle(distill["init"], distill["trust_pickle"])
     if not installed:
         raise ValueError(
             "config key 'distill.backend': detectron2 is not installed (it is optional; "

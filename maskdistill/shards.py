@@ -20,6 +20,7 @@ import numpy as np
 
 from maskdistill.io import atomic_path
 from maskdistill.masks import upsample_grid_mask
+from maskdistill.names import check_name
 
 FORMAT = "maskdistill.discover_shard"
 FORMAT_VERSION = 1
@@ -36,6 +37,8 @@ _ROW_FIELDS: dict[str, tuple[Any, tuple[int, ...]]] = {
     "empty": (np.bool_, ()),
 }
 _NATIVE_ATTRS = ("format", "format_version", "num_images")
+# every dataset a shard holds (feature is written even for an empty shard)
+_DATASETS = (*_ROW_FIELDS, "file_name", "feature", "grid_offset", "grid_mask", "attention")
 _STRING = h5py.string_dtype(encoding="utf-8")
 _READ_BLOCK = 1024
 
@@ -134,7 +137,7 @@ def shard_of(file_name: str, num_shards: int) -> int:
     adding images to a dataset never moves an existing image to another shard (it only
     changes the shards the new images land in). Shards are balanced only on average.
     """
-    return zlib.crc32(file_name.encode("utf-8")) % num_shards
+    return zlib.crc32(file_name.encode("utf-8", "surrogateescape")) % num_shards
 
 
 def select_shard(records: Sequence[Any], shard: int, num_shards: int) -> list[Any]:
@@ -166,12 +169,21 @@ def _open(path: str | os.PathLike) -> h5py.File:
     if f.attrs.get("format") != FORMAT:
         f.close()
         raise ValueError(f"{path}: not a maskdistill discover shard (no format={FORMAT!r})")
-    if int(f.attrs["format_version"]) > FORMAT_VERSION:
-        f.close()
-        raise ValueError(
-            f"{path}: shard format version {int(f.attrs['format_version'])} is newer than "
-            f"this maskdistill reads ({FORMAT_VERSION}); upgrade maskdistill"
+    version = f.attrs.get("format_version")
+    missing = [name for name in _DATASETS if name not in f]
+    problem = None
+    if not isinstance(_native(version), int):
+        problem = "the attribute 'format_version' is missing or not a whole number"
+    elif int(version) > FORMAT_VERSION:
+        problem = (
+            f"shard format version {int(version)} is newer than this maskdistill reads "
+            f"({FORMAT_VERSION}); upgrade maskdistill"
         )
+    elif missing:
+        problem = f"the datasets {missing} are missing"
+    if problem is not None:
+        f.close()
+        raise ValueError(f"{path}: {problem}")
     return f
 
 
@@ -182,10 +194,13 @@ def _native(value: Any) -> Any:
 def read_shard_attrs(path: str | os.PathLike) -> dict[str, Any]:
     """The shard's file attributes: settings, backbone names, provenance, skipped files."""
     with _open(path) as f:
-        return {
-            key: _native(value) if key in _NATIVE_ATTRS else json.loads(value)
-            for key, value in f.attrs.items()
-        }
+        attrs = {}
+        for key, value in f.attrs.items():
+            try:
+                attrs[key] = _native(value) if key in _NATIVE_ATTRS else json.loads(value)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{path}: attribute {key!r} is not JSON ({error})") from error
+        return attrs
 
 
 def read_shard_table(path: str | os.PathLike, fields: Iterable[str]) -> dict[str, np.ndarray]:
@@ -201,6 +216,8 @@ def read_shard_table(path: str | os.PathLike, fields: Iterable[str]) -> dict[str
                 raise ValueError(f"{path}: {name!r} is not a per-image column of a shard")
             if name == "file_name":
                 table[name] = f[name].asstr()[:].astype(object)
+                for file_name in table[name]:
+                    check_name(file_name, str(path))
             else:
                 table[name] = f[name][:]
         return table

@@ -19,6 +19,8 @@ import json
 import logging
 import math
 import random
+import re
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -174,6 +176,10 @@ def load_checkpoint(
     return payload
 
 
+RESUME_MANIFEST = ".maskdistill-resume.json"
+"""The file in a resume folder that lists what maskdistill wrote there (all it ever removes)."""
+
+
 def resume_files(
     folder: str | Path, settings: Mapping[str, Any], main: bool = True
 ) -> tuple[Path, Path]:
@@ -181,19 +187,57 @@ def resume_files(
 
     Their names hold a content key of ``settings`` (which include a digest of the training
     data), so that a rerun after a kill resumes while a rerun after a change of settings or
-    data starts over; the files of earlier runs with other settings are removed (by the
-    ``main`` process only), with a log line.
+    data starts over. The files of earlier runs with other settings are removed (by the
+    ``main`` process only, with a log line), but only those the folder's manifest
+    (:data:`RESUME_MANIFEST`) lists as written by maskdistill: a folder of the user's loses
+    nothing. ``checkpoint-<key>/`` (the detectron2 backend's own folder) counts as the run's.
     """
     folder = Path(folder)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     checkpoint, metrics = folder / f"checkpoint-{key}.pth", folder / f"metrics-{key}.jsonl"
     if main:
         folder.mkdir(parents=True, exist_ok=True)
-        for path in sorted(folder.glob("checkpoint-*.pth")) + sorted(folder.glob("metrics-*")):
-            if path not in (checkpoint, metrics):
+        current = {checkpoint.name, metrics.name, checkpoint.stem}
+        for name in sorted(_manifest(folder) - current):
+            path = folder / name
+            if path.exists():
                 log.info("removing %s: made with other settings or data; starting over", path)
-                path.unlink()
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        with atomic_path(folder / RESUME_MANIFEST) as tmp:
+            tmp.write_text(json.dumps(sorted(current)) + "\n")
     return checkpoint, metrics
+
+
+def remove_resume_files(folder: str | Path) -> None:
+    """Remove what the manifest of a resume folder lists, the manifest, and the folder when it
+    is then empty (a finished run's checkpoints are no longer needed)."""
+    folder = Path(folder)
+    for name in sorted(_manifest(folder)):
+        path = folder / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    (folder / RESUME_MANIFEST).unlink(missing_ok=True)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _manifest(folder: Path) -> set[str]:
+    """The names a resume folder's manifest lists; only plain names of that folder count."""
+    path = folder / RESUME_MANIFEST
+    if not path.is_file():
+        return set()
+    try:
+        names = json.loads(path.read_text())
+    except ValueError:
+        return set()
+    pattern = re.compile(r"^(checkpoint|metrics)-[0-9a-f]{12}(\.pth|\.jsonl)?$")
+    return (
+        {n for n in names if isinstance(n, str) and pattern.match(n)}
+        if isinstance(names, list)
+        else set()
+    )
 
 
 def restore_rng(payload: Mapping[str, Any]) -> None:

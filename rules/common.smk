@@ -12,14 +12,18 @@
 #     "maskdistill gpu-run --gpus {resources.gpu} --lock-dir {params.gpu_locks:q} -- "
 #     and pass gpu_locks=GPU_LOCKS (workstation pinning; a no-op under SLURM).
 import functools
+import os
 import sys
 from pathlib import Path
 
 from maskdistill import preflight
 from maskdistill.config import validate_config
+from maskdistill.images import MAX_PIXELS_VARIABLE
 from maskdistill.workflow import cli_flags, code_fingerprint, content_key, without
 
 validate_config(config)  # the schema's checks and defaults (maskdistill/schemas/)
+# every job (a child of this process, or a cluster job that parses this file again) reads it
+os.environ[MAX_PIXELS_VARIABLE] = str(config["max_pixels"])
 
 RESULTS = Path(config["results_dir"])
 CACHE = RESULTS / "cache"
@@ -158,9 +162,26 @@ def shard_images(dataset, shard, num_shards):
     root = Path(dataset["root"])
     return [
         root / name
-        for name in _folder_images(dataset["root"])
+        for name in _dag_names(dataset["root"])
         if shard_of(name, int(num_shards)) == int(shard)
     ]
+
+
+@functools.cache
+def _dag_names(root):
+    """The folder's image names that can be Snakemake input files: not those the jobs leave out
+    (names.unsafe_reason), nor names with braces, which Snakemake reads as wildcards (their
+    images are processed; a change to one is noticed only when its shard reruns)."""
+    from maskdistill.names import unsafe_reason
+
+    names = [n for n in _folder_images(root) if unsafe_reason(n) is None]
+    braced = {n for n in names if "{" in n or "}" in n}
+    if braced:
+        console_warning(
+            f"{len(braced)} image names under {root} hold braces ({min(braced)!r}, ...): "
+            "Snakemake cannot track these files, so editing one reruns nothing"
+        )
+    return [n for n in names if n not in braced]
 
 
 def segment_title(net, mode):
@@ -254,6 +275,13 @@ def sheet_flags(wildcards, input):
 
 # what can be checked before any job starts, so that a dry run fails with the setting's name
 preflight.check_config(config, _folder_images)
+for _dataset in filter(None, (DATASET, config["cluster"]["support_dataset"])):
+    if _dataset is DATASET and config["demo_data"]["generate"]:
+        continue  # written by the workflow
+    for _name, _why in preflight.check_image_names(
+        _dataset, config["on_bad_image"], _folder_images
+    ):
+        console_warning(f"{_why}: left out (on_bad_image: skip)")
 for _spec in (config["discover"]["backbone"], config["discover"]["feature_backbone"]):
     if _spec.startswith("random:") and not config["pretrain"]["enabled"]:
         console_warning(

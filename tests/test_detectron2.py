@@ -55,7 +55,7 @@ def test_pipeline_settings_become_detectron2_config_values(tmp_path):
     assert cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN == 300 and cfg.SOLVER.CHECKPOINT_PERIOD == 50
     assert cfg.MODEL.RESNETS.DEPTH == 50 and cfg.MODEL.MASK_ON  # the model-zoo R50-FPN
     assert str(tmp_path) == cfg.OUTPUT_DIR and cfg.DATALOADER.NUM_WORKERS == 3
-    weights = tmp_path / "r50.pkl"
+    weights = tmp_path / "r50.pth"
     weights.touch()
     cfg = detectron2.build_config(settings | {"init": str(weights)}, 2, tmp_path, "cpu")
     assert str(weights) == cfg.MODEL.WEIGHTS and cfg.MODEL.RESNETS.NORM == "FrozenBN"

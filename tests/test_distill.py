@@ -365,4 +365,4 @@ def test_the_commands_flags_are_the_settings_classes_fields():
 
     names = {f.name for cls in (MaskRCNNSettings, DistillTrainSettings) for f in fields(cls)}
     # every schema setting reaches the network or the schedule, but the backend's choice
-    assert set(SETTINGS) == names | {"backend", "detectron2_config"}
+    assert set(SETTINGS) == names | {"backend", "detectron2_config", "trust_pickle"}

@@ -340,6 +340,38 @@ def test_unsupported_files_and_a_random_backbone_are_named_on_the_console(tmp_pa
     assert any("is a random ViT" in w for w in warnings)  # the tiny config's backbone
 
 
+def test_names_with_braces_plan_and_hostile_split_lines_fail_the_dry_run(tmp_path):
+    config = tiny_config(
+        demo_data={"generate": False},
+        dataset={"kind": "folder", "root": "images", "eval_split": None},
+        cluster={"k": 2},
+    )
+    workspace = make_workspace(tmp_path / "workflow", config)
+    (workspace / "images").mkdir()
+    for seed, name in enumerate(["a.png", "brace{x}.png", "c{}.png"]):
+        _write_image(workspace / "images" / name, seed)
+    result = snakemake(workspace, "--dry-run")
+    assert "2 image names under images hold braces" in result.stderr
+    # a VOC split line naming a file outside the dataset: the dry run names the file and line
+    voc = tmp_path / "voc"
+    for split, lines in {"train": ["x"], "val": ["x", "/home/me/photos/victim"]}.items():
+        (voc / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(lines))
+    (voc / "JPEGImages").mkdir()
+    _write_image(voc / "JPEGImages" / "x.jpg", 0)
+    dataset = {"kind": "voc", "root": str(voc), "learn_splits": ["train"], "eval_split": None}
+    write_config(workspace, tiny_config(demo_data={"generate": False}, dataset=dataset,
+                                        cluster={"k": 1}))  # fmt: skip
+    assert snakemake(workspace, "--dry-run").returncode == 0  # val is not read
+    dataset["learn_splits"] = ["train", "val"]
+    write_config(workspace, tiny_config(demo_data={"generate": False}, dataset=dataset,
+                                        cluster={"k": 1}))  # fmt: skip
+    result = snakemake(workspace, "--dry-run", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and f"{voc}/ImageSets/Segmentation/val.txt:2" in output
+    assert not (tmp_path / "home").exists()
+
+
 @pytest.mark.skipif(
     not detectron2_available(), reason=f"detectron2 is not installed ({DETECTRON2_INSTALL})"
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from maskdistill.data import KINDS, Dataset, open_dataset
+from maskdistill.data import KINDS, Dataset, ImageRecord, open_dataset
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -36,3 +36,18 @@ def dataset_spec(args: argparse.Namespace) -> dict[str, Any]:
 def open_dataset_from_args(args: argparse.Namespace, splits: list[str] | None = None) -> Dataset:
     """The dataset (restricted to ``splits``, default ``--splits``) that the arguments describe."""
     return open_dataset(dataset_spec(args), args.splits if splits is None else splits)
+
+
+def shard_records(
+    args: argparse.Namespace, skipped: list[tuple[str, str]], dataset: Dataset | None = None
+) -> list[ImageRecord]:
+    """The images of shard ``--shard`` of ``--num-shards``; images whose names are unusable
+    (:mod:`maskdistill.names`) stop the job under ``--on-bad-image error`` and are added to
+    ``skipped`` (those of this shard) under ``skip``."""
+    from maskdistill.shards import select_shard, shard_of
+
+    dataset = open_dataset_from_args(args) if dataset is None else dataset
+    records = dataset.usable_records(
+        args.on_bad_image, skipped, keep=lambda name: shard_of(name, args.num_shards) == args.shard
+    )
+    return select_shard(records, args.shard, args.num_shards)

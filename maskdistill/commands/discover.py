@@ -16,7 +16,7 @@ import logging
 from maskdistill.commands.dataset_args import (
     add_dataset_arguments,
     dataset_spec,
-    open_dataset_from_args,
+    shard_records,
 )
 from maskdistill.config import defaults
 from maskdistill.discover.batch import DiscoverSettings, discover_records
@@ -26,7 +26,7 @@ from maskdistill.models import vit
 from maskdistill.models.specs import looks_like_path, weight_source
 from maskdistill.provenance import provenance
 from maskdistill.runtime import DEVICES, PRECISIONS, check_precision, resolve_device, set_threads
-from maskdistill.shards import select_shard, write_shard
+from maskdistill.shards import write_shard
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +117,13 @@ def run(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     set_threads(args.threads)
     spec = dataset_spec(args)
-    records = open_dataset_from_args(args).records()
-    mine = select_shard(records, args.shard, args.num_shards)
+    skipped: list[tuple[str, str]] = []
+    mine = shard_records(args, skipped)
     log.info(
-        "shard %d of %d: %d of %d images, device %s, precision %s",
+        "shard %d of %d: %d images, device %s, precision %s",
         args.shard,
         args.num_shards,
         len(mine),
-        len(records),
         device,
         args.precision,
     )
@@ -136,7 +135,6 @@ def run(args: argparse.Namespace) -> None:
         num_heads=args.num_heads,
         device=device,
     )
-    skipped: list[tuple[str, str]] = []
     counts = {"images": 0, "empty": 0}
 
     def counted(records_out):

@@ -19,7 +19,11 @@ import logging
 import shutil
 from pathlib import Path
 
-from maskdistill.commands.dataset_args import add_dataset_arguments, open_dataset_from_args
+from maskdistill.commands.dataset_args import (
+    add_dataset_arguments,
+    open_dataset_from_args,
+    shard_records,
+)
 from maskdistill.commands.settings_args import add_settings_arguments, settings_from_args
 from maskdistill.config import defaults
 from maskdistill.io import read_json, write_json
@@ -220,7 +224,6 @@ def run_predict(args: argparse.Namespace) -> None:
     network: the model file says which)."""
     from maskdistill.images import write_skipped
     from maskdistill.runtime import resolve_device, set_threads
-    from maskdistill.shards import select_shard
     from maskdistill.training import load_weights
 
     device = resolve_device(args.device)
@@ -228,10 +231,9 @@ def run_predict(args: argparse.Namespace) -> None:
     payload = load_weights(args.model)
     index = read_json(args.pseudo_gt)
     image_ids = {image["file_name"]: image["id"] for image in index["images"]}
-    records = [r for r in open_dataset_from_args(args).records() if r.file_name in image_ids]
-    mine = select_shard(records, args.shard, args.num_shards)
-    log.info("shard %d of %d: %d images on %s", args.shard, args.num_shards, len(mine), device)
     skipped: list[tuple[str, str]] = []
+    mine = [r for r in shard_records(args, skipped) if r.file_name in image_ids]
+    log.info("shard %d of %d: %d images on %s", args.shard, args.num_shards, len(mine), device)
     backend = payload["extra"].get("backend", "torchvision")
     predict = _detectron2_predictions if backend == "detectron2" else _torchvision_predictions
     predictions = [

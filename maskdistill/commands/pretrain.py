@@ -70,8 +70,8 @@ def load_training_images(args: argparse.Namespace, shorter_side: int) -> list[np
     """The dataset's images, each resized so that its shorter side is ``shorter_side`` pixels."""
     if not args.images:
         raise ValueError("--views dataset needs --images (and --dataset-kind unless folder)")
-    records = open_dataset_from_args(args).records()
     images, skipped = [], []
+    records = open_dataset_from_args(args).usable_records(args.on_bad_image, skipped)
     with Progress(len(records), "loading images", "images") as bar:
         for record in records:
             image = load_or_skip(record.path, args.on_bad_image, skipped)

@@ -22,7 +22,11 @@ import shutil
 from pathlib import Path
 
 from maskdistill import distributed
-from maskdistill.commands.dataset_args import add_dataset_arguments, open_dataset_from_args
+from maskdistill.commands.dataset_args import (
+    add_dataset_arguments,
+    open_dataset_from_args,
+    shard_records,
+)
 from maskdistill.commands.settings_args import add_settings_arguments, settings_from_args
 from maskdistill.config import defaults
 from maskdistill.data import Dataset, ImageRecord
@@ -31,6 +35,7 @@ from maskdistill.images import ON_BAD_IMAGE, write_skipped
 from maskdistill.io import atomic_path, read_json
 from maskdistill.masks import label_png_path, write_label_png
 from maskdistill.models.deeplab import DeepLabSettings, build_deeplab
+from maskdistill.names import check_collisions
 from maskdistill.progress import Progress
 from maskdistill.provenance import provenance
 from maskdistill.runtime import DEVICES, PRECISIONS, resolve_device, set_threads
@@ -38,7 +43,6 @@ from maskdistill.segment.crf import CRFSettings
 from maskdistill.segment.data import Augmentation, SegmentationDataset, labelled_images
 from maskdistill.segment.predict import predict_label_maps
 from maskdistill.segment.train import EpochSchedule, probe_network, train_epochs
-from maskdistill.shards import select_shard
 from maskdistill.training import load_weights, resume_files, save_weights, seeded
 
 log = logging.getLogger(__name__)
@@ -221,10 +225,11 @@ def run_predict(args: argparse.Namespace) -> None:
         model = probe_network(model, settings["num_outputs"])
     model.load_state_dict(payload["model"])
     model = model.to(device).eval()
-    records = select_shard(open_dataset_from_args(args).records(), args.shard, args.num_shards)
+    skipped: list[tuple[str, str]] = []
+    records = shard_records(args, skipped)
+    check_collisions([r.file_name for r in records], ".png", args.images)
     crf = CRFSettings.from_config(vars(args)) if args.crf else None
     log.info("shard %d of %d: %d images, CRF %s", args.shard, args.num_shards, len(records), crf)
-    skipped: list[tuple[str, str]] = []
     with atomic_path(args.out) as tmp:
         tmp.mkdir(parents=True)
         for record, labels in predict_label_maps(

@@ -18,6 +18,7 @@ from maskdistill.commands.settings_args import add_settings_arguments
 from maskdistill.evaluation import by_image, index_annotations
 from maskdistill.io import atomic_path, read_json, write_json
 from maskdistill.masks import IGNORE, decode_rle, label_png_path, write_label_png
+from maskdistill.names import check_collisions, check_name
 from maskdistill.progress import Progress
 from maskdistill.provenance import provenance
 from maskdistill.select import select_label_map
@@ -46,22 +47,20 @@ def run(args: argparse.Namespace) -> None:
     if not isinstance(predictions, list):
         raise ValueError(f"{args.predictions}: not a COCO results list")
     grouped = by_image(predictions)
-    rows, seen = [], set()
+    names = [check_name(image["file_name"], args.pseudo_gt) for image in index["images"]]
+    check_collisions(names, ".png", args.pseudo_gt)
+    rows = []
     with atomic_path(args.out) as tmp, Progress(len(index["images"]), "select", "images") as bar:
         for image in index["images"]:
             path = label_png_path(tmp, image["file_name"])
-            if path in seen:
-                raise ValueError(
-                    f"{args.pseudo_gt}: two images share the label file {path.name} "
-                    f"(same name, other extension: {image['file_name']!r})"
-                )
-            seen.add(path)
             selection = select_label_map(
                 grouped.get(image["file_name"], []),
                 (image["height"], image["width"]),
                 args.tau,
                 args.overlap,
-                lambda p: decode_rle(p["segmentation"]),
+                lambda p, shape=(image["height"], image["width"]): decode_rle(
+                    p["segmentation"], shape, args.predictions
+                ),
             )
             path.parent.mkdir(parents=True, exist_ok=True)
             write_label_png(path, selection.labels)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import abc
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from maskdistill.images import image_size
+from maskdistill.names import UnsafeNameError, printable
 
 
 class ImageRecord:
@@ -90,14 +92,39 @@ class Dataset(abc.ABC):
         image_root: the folder the images lie under.
         class_names: ground-truth class names without background (class index i + 1 is
             ``class_names[i]``); empty without ground truth.
+        rejected: the images whose names are not plain relative paths (one
+            :class:`~maskdistill.names.UnsafeNameError` each, naming the file and line the name
+            came from); they are left out of :meth:`records`.
     """
 
     image_root: Path
     class_names: tuple[str, ...] = ()
+    rejected: list[UnsafeNameError] = []
 
     @abc.abstractmethod
     def records(self) -> list[ImageRecord]:
-        """Every image of the dataset, in the dataset's fixed order."""
+        """Every image of the dataset with a usable name, in the dataset's fixed order."""
+
+    def usable_records(
+        self,
+        on_bad_image: str,
+        skipped: list[tuple[str, str]],
+        keep: Callable[[str], bool] = lambda name: True,
+    ) -> list[ImageRecord]:
+        """:meth:`records`, after deciding about the rejected names as about bad images.
+
+        Args:
+            on_bad_image: ``error`` raises UnsafeNameError for the first rejected name;
+                ``skip`` appends the rejected names that ``keep`` selects (e.g. those of this
+                job's shard) to ``skipped``.
+        """
+        records = self.records()  # a folder lists (and rejects) on first use
+        if self.rejected and on_bad_image == "error":
+            raise self.rejected[0]
+        skipped += [
+            (printable(error.name), str(error)) for error in self.rejected if keep(error.name)
+        ]
+        return records
 
     @property
     def has_ground_truth(self) -> bool:

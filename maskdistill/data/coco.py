@@ -19,13 +19,16 @@ import os
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pycocotools.coco import COCO
 
 from maskdistill.data.base import Dataset, GTBox, ImageRecord
+from maskdistill.images import check_pixels
 from maskdistill.io import read_json
-from maskdistill.masks import IGNORE
+from maskdistill.masks import IGNORE, rle_shape
+from maskdistill.names import UnsafeNameError, unsafe_reason
 
 
 def _round(value: float) -> int:
@@ -58,6 +61,54 @@ def _select(images: list[Mapping], names: list[str], list_path: Path) -> list[Ma
     return selected
 
 
+def _fields(entry: Any, where: str, types: Mapping[str, type | tuple[type, ...]]) -> None:
+    """Raise ValueError naming ``where`` unless ``entry`` is a dict with these typed keys."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: expected a JSON object")
+    for key, kind in types.items():
+        if key not in entry:
+            raise ValueError(f"{where}: the key {key!r} is missing")
+        if not isinstance(entry[key], kind) or isinstance(entry[key], bool):
+            raise ValueError(f"{where}: {key!r} has the wrong type ({type(entry[key]).__name__})")
+
+
+def check_coco(data: Any, path: str | os.PathLike) -> None:
+    """Check a COCO instances dict before anything indexes it; ValueError naming the file, the
+    entry and the key.
+
+    Images need ``id``, ``file_name``, positive ``height`` and ``width`` within the pixel limit;
+    annotations (when present) an ``image_id`` of an image and a ``category_id``, and an RLE
+    ``segmentation`` the size of its image; categories an ``id`` and a ``name``.
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ValueError(f"{path}: not a COCO JSON (no 'images' list)")
+    sizes = {}
+    for i, image in enumerate(data["images"]):
+        where = f"{path}: images[{i}]"
+        _fields(image, where, {"id": int, "file_name": str, "height": int, "width": int})
+        if image["height"] < 1 or image["width"] < 1:
+            raise ValueError(f"{where}: height and width must be positive")
+        check_pixels(f"{where} ({image['file_name']!r})", image["height"], image["width"])
+        sizes[image["id"]] = (image["height"], image["width"])
+    for i, category in enumerate(data.get("categories") or []):
+        _fields(category, f"{path}: categories[{i}]", {"id": int, "name": str})
+    annotations = data.get("annotations")
+    if annotations is not None and not isinstance(annotations, list):
+        raise ValueError(f"{path}: 'annotations' is not a list")
+    for i, ann in enumerate(annotations or []):
+        where = f"{path}: annotations[{i}]"
+        _fields(ann, where, {"image_id": int, "category_id": int})
+        if ann["image_id"] not in sizes:
+            raise ValueError(f"{where}: image_id {ann['image_id']} is not an image of the file")
+        if isinstance(ann.get("segmentation"), dict):
+            decode_shape = rle_shape(ann["segmentation"], where)
+            if decode_shape != sizes[ann["image_id"]]:
+                raise ValueError(
+                    f"{where}: RLE of size {list(decode_shape)}, its image is "
+                    f"{list(sizes[ann['image_id']])}"
+                )
+
+
 class CocoDataset(Dataset):
     """COCO images: id = COCO image id, ordered by id (or by the image list); see the module doc."""
 
@@ -79,34 +130,37 @@ class CocoDataset(Dataset):
         if not self.annotations.is_file():
             raise FileNotFoundError(f"{self.annotations}: no such COCO instances JSON file")
         data = read_json(self.annotations)
-        if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-            raise ValueError(f"{self.annotations}: not a COCO JSON (no 'images' list)")
+        check_coco(data, self.annotations)
         self._coco = COCO()
         self._coco.dataset = data
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             self._coco.createIndex()
 
-        images = sorted(data["images"], key=lambda image: image["id"])
+        self.rejected = [
+            UnsafeNameError(image["file_name"], f"{self.annotations}: image id {image['id']}", why)
+            for image in data["images"]
+            if (why := unsafe_reason(image["file_name"])) is not None
+        ]
+        unsafe = {error.name for error in self.rejected}
+        images = sorted(
+            (image for image in data["images"] if image["file_name"] not in unsafe),
+            key=lambda image: image["id"],
+        )
         if image_list:
             list_path = Path(image_list)
             if not list_path.is_file():
                 raise FileNotFoundError(f"{list_path}: no such image list file")
             images = _select(images, read_image_list(list_path), list_path)
-        try:
-            self._records = [
-                ImageRecord(
-                    image["id"],
-                    image["file_name"],
-                    self.image_root / image["file_name"],
-                    image["height"],
-                    image["width"],
-                )
-                for image in images
-            ]
-        except (KeyError, TypeError) as error:
-            raise ValueError(
-                f"{self.annotations}: every image needs id, file_name, height and width ({error})"
-            ) from error
+        self._records = [
+            ImageRecord(
+                image["id"],
+                image["file_name"],
+                self.image_root / image["file_name"],
+                image["height"],
+                image["width"],
+            )
+            for image in images
+        ]
         category_ids = sorted(self._coco.cats)
         self._class_index = {cat_id: i + 1 for i, cat_id in enumerate(category_ids)}
         if self.has_ground_truth:

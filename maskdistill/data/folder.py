@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from maskdistill.data.base import Dataset, ImageRecord
+from maskdistill.names import UnsafeNameError, unsafe_reason
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
@@ -56,7 +57,14 @@ class FolderDataset(Dataset):
                     f"{self.image_root}: no image files found (looked for "
                     f"{', '.join(sorted(IMAGE_SUFFIXES))} in any letter case, recursively)"
                 )
+            self.rejected = [
+                UnsafeNameError(name, str(self.image_root), reason)
+                for name in names
+                if (reason := unsafe_reason(name)) is not None
+            ]
+            unsafe = {error.name for error in self.rejected}
+            usable = [name for name in names if name not in unsafe]
             self._records = [
-                ImageRecord(i, name, self.image_root / name) for i, name in enumerate(names)
+                ImageRecord(i, name, self.image_root / name) for i, name in enumerate(usable)
             ]
         return list(self._records)

@@ -24,6 +24,7 @@ import numpy as np
 
 from maskdistill.data.base import Dataset, GTBox, ImageRecord
 from maskdistill.masks import IGNORE, read_label_png
+from maskdistill.names import UnsafeNameError, unsafe_reason
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -47,7 +48,24 @@ def read_class_names(path: Path) -> tuple[str, ...]:
 
 def read_split(path: Path) -> list[str]:
     """Image ids of a VOC split file: the first word of each non-blank line."""
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    return [image_id for _, image_id in numbered_split(path)]
+
+
+def numbered_split(path: Path) -> list[tuple[int, str]]:
+    """(line number, image id) of each non-blank line of a VOC split file (ids unchecked)."""
+    lines = path.read_text(errors="surrogateescape").splitlines()
+    return [(number, line.split()[0]) for number, line in enumerate(lines, 1) if line.strip()]
+
+
+def split_rejects(path: Path) -> list[UnsafeNameError]:
+    """The lines of a split file whose id is not a plain relative name
+    (:mod:`maskdistill.names`), each naming the file and line: they are left out."""
+    rejects = []
+    for number, image_id in numbered_split(path):
+        reason = unsafe_reason(image_id)
+        if reason is not None:
+            rejects.append(UnsafeNameError(f"{image_id}.jpg", f"{path}:{number}", reason))
+    return rejects
 
 
 def _require_dir(path: Path, what: str) -> None:
@@ -87,6 +105,7 @@ class VocDataset(Dataset):
         if not splits:
             raise ValueError(f"{split_dir}: no split requested (e.g. train, val, trainval)")
         ids: dict[str, None] = {}
+        self.rejected = []
         for split in splits:
             split_file = split_dir / f"{split}.txt"
             if not split_file.is_file():
@@ -94,7 +113,10 @@ class VocDataset(Dataset):
                 raise FileNotFoundError(
                     f"{split_file}: no such split file (splits in {split_dir}: {available})"
                 )
-            ids.update(dict.fromkeys(read_split(split_file)))
+            rejects = split_rejects(split_file)
+            self.rejected += rejects
+            unsafe = {error.name for error in rejects}
+            ids.update(dict.fromkeys(i for i in read_split(split_file) if f"{i}.jpg" not in unsafe))
         self._records = [
             ImageRecord(i, f"{image_id}.jpg", self.image_root / f"{image_id}.jpg")
             for i, image_id in enumerate(ids)

@@ -155,7 +155,8 @@ class DistillDataset(torch.utils.data.Dataset):
                 f"{item.path}: image is {image.shape[:2]}, the pseudo ground truth says "
                 f"{(item.height, item.width)}"
             )
-        masks = np.stack([decode_rle(rle) for rle in item.masks])
+        shape = (item.height, item.width)
+        masks = np.stack([decode_rle(rle, shape, str(item.path)) for rle in item.masks])
         tensor, target = image_tensor(image), target_of(masks, item.labels)
         if self.flip and np.random.default_rng([self.seed, step, index]).random() < 0.5:
             tensor, target = tensor.flip(-1), flip_target(target, item.width)

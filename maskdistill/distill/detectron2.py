@@ -30,8 +30,10 @@ import torch
 
 from maskdistill.data.base import ImageRecord
 from maskdistill.distill.data import TrainingImage
-from maskdistill.distill.predict import detections
+from maskdistill.distill.predict import MASK_THRESHOLD, detections
 from maskdistill.loader import image_batches
+from maskdistill.names import unsafe_reason
+from maskdistill.preflight import check_pickle
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +68,46 @@ def config_file(name: str) -> Path:
     return zoo
 
 
-def _weights(init: str) -> tuple[str, bool]:
+def _weights(init: str, trust_pickle: bool) -> tuple[str, bool]:
     """MODEL.WEIGHTS for ``distill.init`` and whether the network learns from scratch."""
     if init == "none":
         return "", True
     if init.startswith(("torchvision:", "timm:")):
         raise ValueError(
             f"distill.init: {init!r} is for the torchvision backend; the detectron2 backend "
-            "takes 'none' or a detectron2 checkpoint (.pkl / .pth; convert MoCo weights with "
-            "MoCo's detection/convert-pretrain-to-detectron2.py)"
+            "takes 'none' or a detectron2 checkpoint (.pth, or .pkl with distill.trust_pickle)"
         )
+    check_pickle(init, trust_pickle)
     return init, False
+
+
+def read_config_file(cfg, name: str) -> None:
+    """Merge a detectron2 YAML (and its ``_BASE_`` files) into ``cfg`` with safe YAML only: a
+    tag that would construct Python objects is a ValueError naming the file."""
+    import yaml
+
+    path = config_file(name)
+    try:
+        cfg.merge_from_file(str(path), allow_unsafe=False)
+    except yaml.YAMLError as error:
+        raise ValueError(
+            f"distill.detectron2_config: {path} (or a _BASE_ file it names) is not plain YAML: "
+            f"{error}; tags such as !!python/... can run code and are refused"
+        ) from error
+
+
+def check_last_checkpoint(output_dir: str | Path) -> None:
+    """detectron2 resumes from the file its ``last_checkpoint`` names: it must be a ``.pth`` file
+    in the same folder (a planted ``../x.pkl`` would be unpickled); ValueError otherwise."""
+    marker = Path(output_dir) / "last_checkpoint"
+    if not marker.is_file():
+        return
+    name = marker.read_text().strip()
+    if "/" in name or "\\" in name or unsafe_reason(name) or Path(name).suffix != ".pth":
+        raise ValueError(
+            f"{marker}: names {name!r}, not a .pth file of its own folder; delete {marker} "
+            "(or the whole folder) to start over"
+        )
 
 
 def build_config(
@@ -103,8 +134,8 @@ def build_config(
             "detectron2 backend builds distill.detectron2_config (set distill.arch: resnet50)"
         )
     cfg = get_cfg()
-    cfg.merge_from_file(str(config_file(settings["detectron2_config"])))
-    weights, scratch = _weights(settings["init"])
+    read_config_file(cfg, settings["detectron2_config"])
+    weights, scratch = _weights(settings["init"], settings["trust_pickle"])
     cfg.MODEL.WEIGHTS = weights
     if scratch:  # no ImageNet statistics to freeze: GroupNorm everywhere, as the torchvision one
         cfg.MODEL.RESNETS.NORM = cfg.MODEL.FPN.NORM = "GN"
@@ -226,6 +257,7 @@ def train(cfg, images: Sequence[TrainingImage], resume: bool = True) -> torch.nn
     setup_logger(name="detectron2")  # its progress lines go to the job's log
     register(images, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
     Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
+    check_last_checkpoint(cfg.OUTPUT_DIR)
     trainer = DefaultTrainer(cfg)
     trainer.resume_or_load(resume=resume)
     if trainer.start_iter > 0:
@@ -310,19 +342,36 @@ def predict_images(
         progress=progress,
         desc="distill predict (detectron2)",
     )
+    from detectron2.structures import ROIMasks
+
     with torch.inference_mode():
         for items in batches:
-            outputs = model([item.value for item in items])
-            for item, output in zip(items, outputs, strict=True):
-                instances = output["instances"].to("cpu")
+            raw = model.inference([item.value for item in items], do_postprocess=False)
+            for item, instances in zip(items, raw, strict=True):
                 name = item.record.file_name
-                yield detections(
-                    {
-                        "boxes": instances.pred_boxes.tensor,
-                        "labels": instances.pred_classes + 1,
-                        "scores": instances.scores,
-                        "masks": instances.pred_masks[:, None].float(),
-                    },
-                    image_ids[name],
-                    name,
+                height, width = item.value["height"], item.value["width"]
+                instances = _rescaled(instances.to("cpu"), height, width)
+                boxes = instances.pred_boxes
+                output = {
+                    "boxes": boxes.tensor,
+                    "labels": instances.pred_classes + 1,
+                    "scores": instances.scores,
+                }
+                masks = (
+                    ROIMasks(instances.box_masks[i : i + 1, 0])
+                    .to_bitmasks(boxes[i : i + 1], height, width, MASK_THRESHOLD)
+                    .tensor[0]
+                    .numpy()
+                    for i in range(len(instances))
                 )
+                yield detections(output, masks, image_ids[name], name)
+
+
+def _rescaled(instances, height: int, width: int):
+    """detectron2's ``detector_postprocess`` (boxes scaled to the image, clipped, empty ones
+    dropped) with the masks kept per box as ``box_masks``, to be pasted one at a time."""
+    from detectron2.modeling.postprocessing import detector_postprocess
+
+    instances.box_masks = instances.pred_masks
+    instances.remove("pred_masks")
+    return detector_postprocess(instances, height, width)

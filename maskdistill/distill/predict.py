@@ -3,16 +3,18 @@
 Each prediction is a COCO results entry: ``image_id``, ``file_name`` (the join key),
 ``category_id`` (1..K, the cluster), ``score``, ``bbox`` [x, y, w, h] (the detector's box) and
 ``segmentation``, the compressed RLE of the mask thresholded at probability 0.5, at the
-original image size. Images are batched by size, in (size, file name) order.
+original image size (pasted and encoded one detection at a time: memory holds one full-size
+mask, not one per detection). Images are batched by size, in (size, file name) order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from maskdistill.data.base import ImageRecord
 from maskdistill.loader import image_batches, image_tensor
@@ -35,18 +37,22 @@ def _tensor_size(tensor: torch.Tensor) -> tuple[int, int]:
 
 
 def detections(
-    output: Mapping[str, torch.Tensor], image_id: int, file_name: str
+    output: Mapping[str, torch.Tensor],
+    masks: Iterable[np.ndarray],
+    image_id: int,
+    file_name: str,
 ) -> list[dict[str, Any]]:
-    """COCO results entries of one image's Mask R-CNN output (in the output's score order).
+    """COCO results entries of one image's detections (in the output's score order).
 
     Args:
-        output: torchvision's ``boxes`` (N, 4) x1 y1 x2 y2, ``labels`` (N,), ``scores`` (N,),
-            ``masks`` (N, 1, H, W) probabilities.
+        output: ``boxes`` (N, 4) x1 y1 x2 y2 at the image's size, ``labels`` (N,) category
+            ids 1..K, ``scores`` (N,).
+        masks: the N bool (H, W) masks at the image's size, in the same order; pasted one at a
+            time by the caller (:func:`pasted_masks`), so that memory holds one full-size mask.
     """
     boxes = output["boxes"].float().cpu().numpy()
     labels = output["labels"].cpu().numpy()
     scores = output["scores"].float().cpu().numpy()
-    masks = (output["masks"][:, 0] > MASK_THRESHOLD).cpu().numpy()
     entries = []
     for box, label, score, mask in zip(boxes, labels, scores, masks, strict=True):
         x1, y1, x2, y2 = (float(v) for v in box)
@@ -61,6 +67,18 @@ def detections(
             }
         )
     return entries
+
+
+def pasted_masks(output: Mapping[str, torch.Tensor], size: tuple[int, int]) -> Iterator[np.ndarray]:
+    """Each detection's mask at the image's (H, W), thresholded at probability 0.5.
+
+    ``output["masks"]`` holds the mask head's (N, 1, M, M) probabilities per box (the network
+    of :func:`maskdistill.models.maskrcnn.for_prediction` does not paste them); each is pasted
+    into its box with torchvision's ``paste_masks_in_image``, one at a time.
+    """
+    for mask, box in zip(output["masks"], output["boxes"], strict=True):
+        pasted = paste_masks_in_image(mask[None].float(), box[None].float(), size)[0, 0]
+        yield (pasted > MASK_THRESHOLD).cpu().numpy()
 
 
 def predict_images(
@@ -104,4 +122,5 @@ def predict_images(
                 outputs = model(images)
             for item, output in zip(items, outputs, strict=True):
                 name = item.record.file_name
-                yield detections(output, image_ids[name], name)
+                masks = pasted_masks(output, item.image_size)
+                yield detections(output, masks, image_ids[name], name)

@@ -39,6 +39,7 @@ from torchvision.models.detection.faster_rcnn import (
 )
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -223,7 +224,36 @@ def build_maskrcnn(
     return model, normalization
 
 
+class BoxMaskTransform(GeneralizedRCNNTransform):
+    """torchvision's transform, except that prediction leaves each mask as the mask head's
+    (1, M, M) probabilities in its box instead of pasting every one at the image's full size
+    (:func:`maskdistill.distill.predict.pasted_masks` pastes them one at a time)."""
+
+    def postprocess(
+        self,
+        result: list[dict[str, torch.Tensor]],
+        image_shapes: list[tuple[int, int]],
+        original_image_sizes: list[tuple[int, int]],
+    ) -> list[dict[str, torch.Tensor]]:
+        if self.training:
+            return result
+        for prediction, size, original in zip(
+            result, image_shapes, original_image_sizes, strict=True
+        ):
+            prediction["boxes"] = resize_boxes(prediction["boxes"], size, original)
+        return result
+
+
 def for_prediction(model: MaskRCNN, settings: MaskRCNNSettings) -> MaskRCNN:
-    """The model in evaluation mode, resizing every image to ``test_size``."""
-    model.transform.min_size = (settings.test_size,)
+    """The model in evaluation mode, resizing every image to ``test_size``; its outputs' masks
+    are per box (:class:`BoxMaskTransform`)."""
+    old = model.transform
+    model.transform = BoxMaskTransform(
+        (settings.test_size,),
+        old.max_size,
+        old.image_mean,
+        old.image_std,
+        size_divisible=old.size_divisible,
+        fixed_size=old.fixed_size,
+    )
     return model.eval()
