@@ -17,7 +17,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from maskdistill.data import Dataset, ImageRecord
-from maskdistill.masks import decode_rle, mask_annotation
+from maskdistill.masks import decode_rle, mask_annotation, paint_label_map
 from maskdistill.metrics import box_class, confusion_matrix, corloc_hit, match_labels
 from maskdistill.progress import Progress
 from maskdistill.provenance import provenance
@@ -123,6 +123,30 @@ def annotation_mask(ann: Mapping[str, Any], record: ImageRecord, source: str) ->
     return decode_rle(
         ann["segmentation"], (record.height, record.width), f"{source}: {record.file_name!r}"
     )
+
+
+def pseudo_label_map(
+    annotations: Mapping[str, dict], record: ImageRecord, source: str
+) -> np.ndarray:
+    """The stage-2 label map of an image: its one mask painted with its category id (1 +
+    cluster index) on 0, all 0 when it has no annotation; (H, W) int32."""
+    ann = annotations.get(record.file_name)
+    masks = [] if ann is None else [(annotation_mask(ann, record, source), ann["category_id"])]
+    return paint_label_map((record.height, record.width), masks)
+
+
+def stored_naming(report: Mapping[str, Any], num_labels: int, source: str) -> np.ndarray:
+    """The label -> class index naming a stage-2 metrics JSON of the objects protocol holds
+    (``naming``, background first), checked to cover ``num_labels`` labels."""
+    naming = report.get("naming")
+    if report.get("matching") != "objects" or naming is None:
+        raise ValueError(
+            f"{source}: not a stage-2 metrics JSON of the objects protocol (evaluate cluster "
+            "--matching objects)"
+        )
+    if len(naming) != num_labels:
+        raise ValueError(f"{source}: names {len(naming)} labels, the predictions have {num_labels}")
+    return np.asarray(naming, dtype=np.int64)
 
 
 def semantic_confusion(

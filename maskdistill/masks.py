@@ -28,7 +28,7 @@ from maskdistill.names import output_path
 IGNORE = 255
 """Label of pixels that no metric scores (VOC's object boundaries, COCO's crowd regions)."""
 
-OVERLAPS = ("skip", "overwrite", "fill")
+OVERLAPS = ("skip", "overwrite", "fill", "reference")
 """How :func:`paint_label_map` treats a mask that meets pixels painted before it."""
 
 
@@ -158,8 +158,12 @@ def paint_label_map(
         overlap: what a mask does where pixels were painted before it:
             ``skip``: a mask touching any painted pixel is left out entirely (MaskDistill's
             selection, as the paper describes it);
-            ``overwrite``: it paints over them (the reference selection code in practice);
-            ``fill``: it paints only the unpainted pixels (the earlier mask wins pixel by pixel).
+            ``overwrite``: it paints over them;
+            ``fill``: it paints only the unpainted pixels (the earlier mask wins pixel by pixel);
+            ``reference``: the authors' gen_segmentation.py exactly: its test
+            ``mask_res[mask].any()`` indexes the map with the 0/1 mask as row numbers, so every
+            mask after the first is left out when row 0 of the map (or row 1, when the mask
+            holds a 1) has a painted pixel, and otherwise paints over what it meets.
         painted: when given, receives for each mask whether it was painted (``skip`` leaves
             some out).
 
@@ -170,12 +174,18 @@ def paint_label_map(
         raise ValueError(f"overlap: expected one of {OVERLAPS}, got {overlap!r}")
     labels = np.zeros(shape, dtype=np.int32)
     covered = np.zeros(shape, dtype=bool)
+    painted_before = False  # the reference tests every mask but the first
     for mask, label in masks:
         if mask.shape != tuple(shape):
             raise ValueError(f"mask of shape {mask.shape} does not fit the label map {shape}")
         if label < 1:
             raise ValueError(f"label {label}: painted labels start at 1 (0 is background)")
-        skipped = overlap == "skip" and bool((covered & mask).any())
+        if overlap == "reference":
+            rows = [row for row in (0, 1) if row < shape[0] and (mask == row).any()]
+            skipped = painted_before and bool(covered[rows].any())
+        else:
+            skipped = overlap == "skip" and bool((covered & mask).any())
+        painted_before = True
         if painted is not None:
             painted.append(not skipped)
         if skipped:

@@ -209,6 +209,14 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+MATCHING_NOTE = (
+    "Label matching: *pixels* matches each stage's labels to the classes on its own pixel "
+    "confusion matrix (Hungarian; majority vote when over-clustering); *objects* names every "
+    "cluster once, by stage 2's object-level matching over the learning images, and scores "
+    "every stage with that naming (the reference's protocol)."
+)
+
+
 def metrics_markdown(reports: Sequence[Mapping[str, Any]]) -> str:
     """Render metrics reports as Markdown: one summary table, one per-class IoU table.
 
@@ -217,11 +225,20 @@ def metrics_markdown(reports: Sequence[Mapping[str, Any]]) -> str:
     ``per_class_iou`` {class name: fraction or null}. Values are shown in percent.
     """
     rows = [
-        (report["title"], name, _percent(value), report.get("split", ""), report["num_images"])
+        (
+            report["title"],
+            name,
+            _percent(value),
+            report.get("split", ""),
+            report["num_images"],
+            report.get("matching", ""),
+        )
         for report in reports
         for name, value in report["summary"].items()
     ]
-    text = "## Summary\n\n" + markdown_table(("stage", "metric", "%", "split", "images"), rows)
+    header = ("stage", "metric", "%", "split", "images", "label matching")
+    text = "## Summary\n\n" + markdown_table(header, rows)
+    text += f"\n{MATCHING_NOTE}\n"
     with_classes = [report for report in reports if report.get("per_class_iou")]
     if with_classes:
         names = list(with_classes[0]["per_class_iou"])
@@ -259,6 +276,7 @@ def ablation_rows(
                 "split": report.get("split", ""),
                 "num_images": report["num_images"],
                 "miou": miou,
+                "matching": report.get("matching", ""),
                 "paper": None if paper is None else paper.get(key),
                 "per_class_iou": report.get("per_class_iou", {}),
             }
@@ -268,16 +286,18 @@ def ablation_rows(
 
 def ablation_markdown(rows: Sequence[Mapping[str, Any]], paper_name: str | None) -> str:
     """The ablation table (and its per-class IoU) as Markdown, values in percent."""
-    header = ["row", "split", "images", "mIoU %"] + (
+    header = ["row", "split", "images", "label matching", "mIoU %"] + (
         [f"paper ({paper_name}) %"] if paper_name else []
     )
     body = []
     for row in rows:
-        cells = [row["title"], row["split"], row["num_images"], _percent(row["miou"])]
+        cells = [row["title"], row["split"], row["num_images"], row.get("matching", "")]
+        cells.append(_percent(row["miou"]))
         if paper_name:
             cells.append("" if row["paper"] is None else f"{row['paper']:.1f}")
         body.append(cells)
     text = "## Ablation: semantic mIoU of every stage\n\n" + markdown_table(header, body)
+    text += f"\n{MATCHING_NOTE}\n"
     names = list(rows[0]["per_class_iou"]) if rows else []
     if names:
         class_rows = [

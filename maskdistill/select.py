@@ -4,8 +4,11 @@ docs/method.md, stage 4: predictions in descending score; every one scoring at l
 kept, and when none does, only the best one (so every image with a prediction gets a label);
 they are painted on an all-zero map (0 background, no ignore label) with their category id
 (1 + cluster index), a mask that touches pixels painted before it being skipped entirely
-(``overlap="skip"``, the paper's text) or painted over them (``"overwrite"``, what the reference
-code does in practice).
+(``overlap="skip"``, the paper's text), or as the authors' code does (``"overwrite"``: its
+overlap test indexes the map with the 0/1 mask as row numbers, so after a kept mask that touches
+the top two rows every later mask is skipped, disjoint or not; otherwise later masks paint over
+earlier ones; :func:`maskdistill.masks.paint_label_map`, mode ``reference``). An image without
+any prediction gets no label map (the reference writes none: it leaves stage 5's training set).
 """
 
 from __future__ import annotations
@@ -70,5 +73,6 @@ def select_label_map(
     kept, fell_back = confident(predictions, tau)
     painted: list[bool] = []
     masks = [(decode(p), int(p["category_id"])) for p in kept]
-    labels = paint_label_map(shape, masks, overlap, painted)
+    mode = "reference" if overlap == "overwrite" else overlap
+    labels = paint_label_map(shape, masks, mode, painted)
     return Selection(labels, len(kept), sum(painted), fell_back)

@@ -271,18 +271,22 @@ def step_decay_schedule(
     gamma: float = 0.1,
     warmup_steps: int = 0,
     warmup_factor: float = 1.0,
+    after: bool = False,
 ) -> float:
     """``base`` x ``gamma`` ^ (milestones passed), after a linear warm-up.
 
     The warm-up (detectron2's ``WarmupMultiStepLR``, method linear) scales the rate by
     ``warmup_factor`` at step 0, rising linearly to 1 at ``warmup_steps``. ``step`` may count
-    iterations or epochs, as long as the milestones count the same.
+    iterations or epochs, as long as the milestones count the same. A milestone m is passed at
+    step m (``step >= m``, detectron2's iterations), or with ``after`` from step m + 1 (``step >
+    m``, the reference's ``adjust_learning_rate`` with 0-based epochs: lr_epochs [40] gives 41
+    epochs at the base rate).
     """
     factor = 1.0
     if step < warmup_steps:
         alpha = step / warmup_steps
         factor = warmup_factor * (1 - alpha) + alpha
-    passed = sum(step >= m for m in milestones)
+    passed = sum(step > m if after else step >= m for m in milestones)
     return base * factor * gamma**passed
 
 

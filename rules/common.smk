@@ -210,10 +210,11 @@ def prediction_resource(wildcards, key):
 
 
 def training_labels(wildcards):
-    """Stage-5 round 0 learns from the stage-4 maps, round r from round r-1's CRF predictions."""
+    """Stage-5 round 0 learns from the stage-4 maps, round r from round r-1's CRF predictions
+    of the training images (segment.train_splits)."""
     r = int(wildcards.round)
     return (
-        [SELECT_LABELS] if r == 0 else prediction_dirs(f"round-{r - 1}", "crf", "learn")
+        [SELECT_LABELS] if r == 0 else prediction_dirs(f"round-{r - 1}", "crf", "train")
     )
 
 

@@ -22,6 +22,10 @@ METRICS_REPORTS = [
     for net in SCORED_NETS
     for mode in SCORED_MODES
 ]
+# the objects protocol names every stage's labels as stage 2's metrics did (--naming)
+NAMING = EVALUATE_DIR / "cluster.json"
+NAMED = {"naming": [NAMING]} if EVALUATE["matching"] == "objects" else {}
+NAMING_FLAGS = cli_flags({"naming": NAMING}) if NAMED else ""
 # the metrics table and the ablation table (and with them every metrics JSON), when there is
 # ground truth
 EVALUATE_OUTPUTS = (
@@ -98,6 +102,7 @@ rule evaluate_cluster:
 
 rule evaluate_distill:
     input:
+        unpack(lambda w: NAMED),
         dataset=dataset_ready(),
         predictions=DISTILL_PREDICTIONS,
         pseudo_gt=PSEUDO_GT,
@@ -121,15 +126,19 @@ rule evaluate_distill:
     params:
         code=code_fingerprint("maskdistill.commands.evaluate"),
         dataset=dataset_args([DATASET["eval_split"]]),
+        naming=NAMING_FLAGS,
     shell:
         "maskdistill evaluate distill --predictions {input.predictions:q}"
-        " --pseudo-gt {input.pseudo_gt:q} {params.dataset} --out {output:q} 2> {log:q}"
+        " --pseudo-gt {input.pseudo_gt:q} {params.dataset} {params.naming}"
+        " --out {output:q} 2> {log:q}"
 
 
 rule evaluate_select:
     input:
+        unpack(lambda w: NAMED),
         dataset=dataset_ready(),
         labels=SELECT_LABELS,
+        stats=SELECT_DIR / "stats.json",
         pseudo_gt=PSEUDO_GT,
     output:
         report(
@@ -151,13 +160,16 @@ rule evaluate_select:
         code=code_fingerprint("maskdistill.commands.evaluate"),
         # the maps label the learning images: scored there, as pseudo-label quality
         dataset=dataset_args(),
+        naming=NAMING_FLAGS,
     shell:
         "maskdistill evaluate labels --labels {input.labels:q} --pseudo-gt {input.pseudo_gt:q}"
-        " --title 'stage 4: select' {params.dataset} --out {output:q} 2> {log:q}"
+        " --title 'stage 4: select' --missing skip --select-stats {input.stats:q}"
+        " {params.dataset} {params.naming} --out {output:q} 2> {log:q}"
 
 
 rule evaluate_segment:
     input:
+        unpack(lambda w: {} if w.net == "probe" else NAMED),
         dataset=dataset_ready(),
         labels=lambda w: prediction_dirs(w.net, w.mode, "eval"),
         pseudo_gt=PSEUDO_GT,
@@ -185,10 +197,11 @@ rule evaluate_segment:
         dataset=dataset_args([DATASET["eval_split"]]),
         title=lambda w: segment_title(w.net, w.mode),
         supervised=lambda w: "--supervised" if w.net == "probe" else "",
+        naming=lambda w: "" if w.net == "probe" else NAMING_FLAGS,
     shell:
         "maskdistill evaluate labels --labels {input.labels:q} --pseudo-gt {input.pseudo_gt:q}"
-        " --title {params.title:q} {params.supervised} {params.dataset} --out {output:q}"
-        " 2> {log:q}"
+        " --title {params.title:q} {params.supervised} {params.dataset} {params.naming}"
+        " --out {output:q} 2> {log:q}"
 
 
 rule evaluate_table:

@@ -3,7 +3,8 @@
 # round-0 (trained on the stage-4 maps), round-<r> (trained on the CRF-refined predictions of
 # round r-1 on the learning images) and probe (the linear probe of the last round). Predictions
 # are folders of label PNGs, one per shard: <net>/<mode>/<split>/shard-<i>-of-<S>/ with mode
-# labels (argmax) or crf, split eval (dataset.eval_split) or learn (dataset.learn_splits).
+# labels (argmax) or crf, split eval (dataset.eval_split), learn (dataset.learn_splits) or train
+# (segment.train_splits: the images a CRF round's network learns from).
 # Rolling training checkpoints live in <net>/resume/, never deleted by Snakemake.
 from maskdistill.segment.crf import INSTALL as CRF_INSTALL, crf_available
 
@@ -26,7 +27,14 @@ if USES_CRF and not crf_available():
         "config keys 'segment.crf' / 'segment.crf_rounds' need the dense CRF, which is not "
         f"installed: {CRF_INSTALL}"
     )
-SPLITS = {"eval": [DATASET["eval_split"]], "learn": DATASET["learn_splits"]}
+# the images stage-5 networks are trained on (VOC: their own splits, e.g. trainaug), predicted
+# by the CRF rounds
+TRAIN_SPLITS = SEGMENT["train_splits"] or DATASET["learn_splits"]
+SPLITS = {
+    "eval": [DATASET["eval_split"]],
+    "learn": DATASET["learn_splits"],
+    "train": TRAIN_SPLITS,
+}
 CRF_FLAGS = f"--crf {cli_flags({k: SEGMENT[k] for k in SEGMENT_CRF})}"
 SEGMENT_SHARDS = DISCOVER["num_shards"]
 
@@ -60,7 +68,7 @@ rule segment_train:
     params:
         code=code_fingerprint("maskdistill.commands.segment"),
         gpu_locks=GPU_LOCKS,
-        dataset=dataset_args(),
+        dataset=dataset_args(TRAIN_SPLITS),
         flags=cli_flags(
             {
                 k: SEGMENT[k]
@@ -123,7 +131,7 @@ rule segment_predict:
         model=SEGMENT_DIR / "{net}" / "model.pth",
         weights=weight_files([SEGMENT["init"]]),
         images=lambda w: (
-            shard_images(DATASET, w.shard, w.num_shards) if w.split == "learn" else []
+            shard_images(DATASET, w.shard, w.num_shards) if w.split != "eval" else []
         ),
     output:
         directory(
@@ -144,7 +152,7 @@ rule segment_predict:
     wildcard_constraints:
         net=r"round-\d+|probe",
         mode="labels|crf",
-        split="eval|learn",
+        split="eval|learn|train",
         shard=r"\d+",
         num_shards=r"\d+",
     conda:

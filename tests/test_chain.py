@@ -17,6 +17,7 @@ from threadpoolctl import threadpool_limits
 from maskdistill.cli import main
 from maskdistill.cluster import mask_annotation
 from maskdistill.data import open_dataset
+from maskdistill.masks import label_png_path, write_label_png
 from maskdistill.metrics import box_class
 from maskdistill.shards import write_shard
 
@@ -200,3 +201,49 @@ def test_object_matching_maps_each_cluster_to_the_class_of_its_objects(demo, tmp
     assert {label: matching[label] for label in voted} == voted
     assert report["summary"]["cluster accuracy"] == 1.0
     assert report["matching"] == "objects"
+
+
+def test_objects_protocol_names_later_stages_with_stage_2s_naming(demo, tmp_path):
+    """A hand-made naming applied to hand-made stage-5 maps gives the hand-computed mIoU."""
+    dataset = open_dataset({"kind": "voc", "root": str(demo)}, ["val"])
+    records = dataset.records()
+    names = ("background", *dataset.class_names)
+    # label k+1 of the maps is class (k+1) itself except labels 1 and 2, which are swapped by
+    # the naming: the maps paint every object with the label of its class, so with the naming
+    # classes 1 and 2 come out wrong and every other class exactly right
+    naming = list(range(len(names)))
+    naming[1], naming[2] = 2, 1
+    (tmp_path / "cluster.json").write_text(json.dumps({"matching": "objects", "naming": naming}))
+    folder = tmp_path / "maps"
+    gts = []
+    for record in records:
+        gt = dataset.semantic_labels(record)
+        gts.append(gt)
+        write_label_png(label_png_path(folder, record.file_name), np.where(gt == 255, 0, gt))
+    categories = [{"id": i + 1, "name": f"cluster_{i:02d}"} for i in range(len(names) - 1)]
+    pseudo_gt = tmp_path / "pgt.json"
+    images = [{"id": r.id, "file_name": r.file_name, "height": r.height, "width": r.width}
+              for r in records]  # fmt: skip
+    pseudo_gt.write_text(
+        json.dumps({"images": images, "annotations": [], "categories": categories})
+    )
+    cli("evaluate", "labels", "--labels", folder, "--pseudo-gt", pseudo_gt, "--title", "s5",
+        *dataset_args(demo), "--naming", tmp_path / "cluster.json",
+        "--out", tmp_path / "named.json")  # fmt: skip
+    report = read(tmp_path / "named.json")
+    # by hand: a confusion matrix of the maps against the ground truth, labels renamed
+    valid = np.concatenate([g[g != 255] for g in gts]).astype(int)
+    predicted = np.array(naming)[valid]
+    ious = []
+    for c in range(len(names)):
+        tp = np.sum((valid == c) & (predicted == c))
+        union = np.sum((valid == c) | (predicted == c))
+        ious.append(tp / union if union else None)
+    expected = np.mean([v for v in ious if v is not None])
+    assert report["matching"] == "objects"
+    assert report["summary"]["mIoU"] == pytest.approx(expected)
+    assert report["per_class_iou"]["background"] == pytest.approx(1.0)
+    assert report["per_class_iou"][names[1]] == 0.0  # renamed away
+    cli("evaluate", "labels", "--labels", folder, "--pseudo-gt", pseudo_gt, "--title", "s5",
+        *dataset_args(demo), "--out", tmp_path / "pixels.json")  # fmt: skip
+    assert read(tmp_path / "pixels.json")["summary"]["mIoU"] == pytest.approx(1.0)

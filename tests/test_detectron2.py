@@ -56,7 +56,7 @@ def test_pipeline_settings_become_detectron2_config_values(tmp_path):
     assert cfg.MODEL.RESNETS.DEPTH == 50 and cfg.MODEL.MASK_ON  # the model-zoo R50-FPN
     assert str(tmp_path) == cfg.OUTPUT_DIR and cfg.DATALOADER.NUM_WORKERS == 3
     weights = tmp_path / "r50.pth"
-    weights.touch()
+    torch.save({"model": {}, "__author__": "someone"}, weights)  # detectron2's own format
     cfg = detectron2.build_config(settings | {"init": str(weights)}, 2, tmp_path, "cpu")
     assert str(weights) == cfg.MODEL.WEIGHTS and cfg.MODEL.RESNETS.NORM == "FrozenBN"
     with pytest.raises(ValueError, match="torchvision backend"):
@@ -121,3 +121,41 @@ def test_a_tiny_detectron2_mask_rcnn_trains_resumes_and_predicts_valid_files(tmp
               str(tmp_path / "pseudo.json"), *dataset, "--device", "cpu", "--workers", "0",
               "--out", str(out)])  # fmt: skip
     check_predictions(json.loads(out.read_text()), coco)  # the torchvision backend's format
+
+
+def test_the_voc12_preset_converts_a_moco_checkpoint_and_reads_rgb_with_imagenet_statistics(
+    tmp_path, repo
+):
+    """A MoCo v2 ResNet-50 file becomes detectron2 weights that fill the whole backbone."""
+    import yaml
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from maskdistill.models.resnet import build_resnet
+
+    torch.manual_seed(0)
+    resnet = build_resnet("resnet50")
+    with torch.no_grad():
+        for buffer in resnet.buffers():  # statistics that a fresh network would not have
+            if buffer.dtype.is_floating_point:
+                buffer.uniform_(0.5, 1.5)
+    moco = {"state_dict": {f"module.encoder_q.{k}": v for k, v in resnet.state_dict().items()}}
+    torch.save(moco, tmp_path / "moco_v2.pth.tar")
+    preset = yaml.safe_load((repo / "configs" / "voc12-detectron2.yaml").read_text())["distill"]
+    settings = defaults("distill") | preset | {"init": str(tmp_path / "moco_v2.pth.tar")}
+    settings["detectron2_config"] = str(repo / settings["detectron2_config"])
+    cfg = detectron2.build_config(settings, 20, tmp_path / "out", "cpu")
+    assert cfg.INPUT.FORMAT == "RGB" and not cfg.MODEL.RESNETS.STRIDE_IN_1X1
+    assert list(cfg.MODEL.PIXEL_MEAN) == [123.675, 116.28, 103.53]
+    assert list(cfg.MODEL.PIXEL_STD) == [58.395, 57.12, 57.375]
+    assert str(tmp_path / "out" / "init-detectron2.pth") == cfg.MODEL.WEIGHTS
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    loaded = model.backbone.bottom_up.state_dict()
+    expected = {
+        detectron2.detectron2_key(k): v
+        for k, v in resnet.state_dict().items()
+        if not k.startswith("fc.") and not k.endswith("num_batches_tracked")
+    }
+    assert set(loaded) == set(expected)  # every backbone tensor comes from the file
+    assert all(torch.equal(loaded[k], v) for k, v in expected.items())

@@ -46,6 +46,13 @@ def _formats(state: dict[str, torch.Tensor]) -> dict[str, dict]:
                 "module.queue": torch.zeros(8, 16),
             },
         },
+        "moco_v3": {
+            "state_dict": {
+                **{f"module.base_encoder.{k}": v for k, v in {**backbone, **moco_head}.items()},
+                **{f"module.momentum_encoder.{k}": torch.zeros_like(v) for k, v in state.items()},
+                "module.predictor.0.weight": torch.zeros(8, 4),
+            },
+        },
         "dino": {
             "teacher": {
                 **{f"backbone.{k}": v for k, v in backbone.items()},
@@ -56,13 +63,15 @@ def _formats(state: dict[str, torch.Tensor]) -> dict[str, dict]:
     }
 
 
-@pytest.mark.parametrize("layout", ["torchvision", "wrapped_ddp", "moco", "dino"])
+@pytest.mark.parametrize("layout", ["torchvision", "wrapped_ddp", "moco", "moco_v3", "dino"])
 def test_every_checkpoint_layout_loads_the_same_backbone(tmp_path, reference, layout):
     path = tmp_path / f"{layout}.pth"
     torch.save(_formats(reference)[layout], path)
     weights = resnet_weights(str(path), "resnet18", "distill.init")
     assert weights.normalization == IMAGENET
     assert checkpoint_kind(torch.load(path, weights_only=True)) in weights.source
+    kind = {"wrapped_ddp": "torchvision", "moco_v3": "moco"}.get(layout, layout)
+    assert checkpoint_kind(torch.load(path, weights_only=True)) == kind
     model = build_resnet("resnet18", norm_layer=FrozenBatchNorm2d)
     load_resnet_weights(model, weights)
     loaded = model.state_dict()

@@ -325,6 +325,52 @@ def test_the_schema_sections_match_the_settings_classes():
 
     from maskdistill.commands.segment import AUGMENTATION, CRF, NETWORK, SCHEDULE
 
-    execution = {"crf", "crf_rounds", "precision", "checkpoint_every", "device"}
+    # not settings of one network: which images, CRF use, execution
+    execution = {"train_splits", "crf", "crf_rounds", "precision", "checkpoint_every", "device"}
     assert set(defaults("segment")) == set(NETWORK + AUGMENTATION + SCHEDULE + CRF) | execution
     assert set(defaults("probe")) - {"enabled", "splits"} == {f.name for f in fields(EpochSchedule)}
+
+
+# ---------------------------------------------------------------- the reference's rules
+
+
+def reference_lr(base: float, decay_epochs: list[int], epoch: int, rate: float = 0.1) -> float:
+    """The authors' adjust_learning_rate (segmentation/utils/common_config.py), step scheduler."""
+    steps = np.sum(epoch > np.array(decay_epochs))
+    return base * rate**steps if steps > 0 else base
+
+
+@pytest.mark.parametrize("section", ["segment", "probe"])
+def test_the_voc12_schedules_decay_at_the_authors_epochs(repo, section):
+    import yaml
+
+    preset = yaml.safe_load((repo / "configs" / "voc12.yaml").read_text())
+    values = defaults(section) | (preset.get(section) or {})
+    schedule = EpochSchedule.from_config(values)
+    per_epoch = 7
+    table = [reference_lr(values["lr"], values["lr_epochs"], e) for e in range(values["epochs"])]
+    ours = [schedule.lr_at(e * per_epoch + 3, per_epoch) for e in range(values["epochs"])]
+    assert ours == pytest.approx(table)
+    decay = values["lr_epochs"][0]
+    assert ours.count(values["lr"]) == decay + 1  # segment: 41 epochs at 0.002; probe: 26
+
+
+def test_pixels_rotated_in_from_outside_the_image_are_background():
+    from maskdistill.segment.data import augment
+
+    image = np.full((64, 64, 3), 200, np.uint8)
+    labels = np.full((64, 64), 2, np.uint8)
+    labels[:, 32:] = 1  # two classes
+    settings = Augmentation(size=64, scale_range=(1.0, 1.0), rotation=30.0, flip=False)
+    rng = np.random.default_rng(0)
+    while True:  # a draw that turns by at least 25 degrees
+        state = rng.bit_generator.state
+        angle = abs(rng.uniform(-30.0, 30.0))
+        if angle > 25:
+            rng.bit_generator.state = state
+            break
+    tensor, label_map = augment(image, labels, settings, rng)
+    corners = [label_map[0, 0], label_map[0, -1], label_map[-1, 0], label_map[-1, -1]]
+    assert all(int(c) == 0 for c in corners)  # background, trained on (not 255)
+    assert set(label_map.unique().tolist()) == {0, 1, 2}
+    assert float(tensor[:, 0, 0].max()) == 0.0 and float(tensor[:, 32, 32].min()) > 0.7

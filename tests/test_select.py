@@ -46,19 +46,66 @@ def test_tau_keeps_the_confident_predictions_or_the_best_one_alone():
     assert confident([], tau=0.9) == ([], False)
 
 
-def test_skip_leaves_out_a_mask_touching_painted_pixels_and_overwrite_paints_over():
+def test_skip_leaves_out_a_mask_touching_painted_pixels():
     skip = select_label_map([LOW, CENTRE, TOP], (6, 6), 0.9, "skip", decode)
     expected = np.zeros((6, 6), np.int32)
     expected[0:3, 0:3] = 2  # CENTRE touches TOP at (2, 2): skipped
     np.testing.assert_array_equal(skip.labels, expected)
     assert (skip.kept, skip.painted, skip.fell_back) == (2, 1, False)
-    overwrite = select_label_map([LOW, CENTRE, TOP], (6, 6), 0.9, "overwrite", decode)
-    expected[2:5, 2:5] = 3  # the lower-scored mask wins where they overlap
-    np.testing.assert_array_equal(overwrite.labels, expected)
-    assert (overwrite.kept, overwrite.painted) == (2, 2)
-    assert overwrite.coverage == pytest.approx((9 + 9 - 1) / 36)
     with pytest.raises(ValueError, match="overlap"):
         select_label_map([TOP], (6, 6), 0.9, "fill", decode)
+
+
+def test_overwrite_is_the_reference_test_that_indexes_rows_0_and_1():
+    # TOP touches row 0: every later mask is skipped, even one that does not touch it
+    apart = _prediction(_box(slice(4, 6), slice(4, 6)), 0.93, 3)
+    overwrite = select_label_map([TOP, apart], (6, 6), 0.9, "overwrite", decode)
+    expected = np.zeros((6, 6), np.int32)
+    expected[0:3, 0:3] = 2
+    np.testing.assert_array_equal(overwrite.labels, expected)
+    assert (overwrite.kept, overwrite.painted) == (2, 1)
+    skip = select_label_map([TOP, apart], (6, 6), 0.9, "skip", decode)
+    assert skip.painted == 2 and (skip.labels == 3).sum() == 4  # the paper's rule keeps it
+    # nothing in rows 0 and 1: later masks paint over earlier ones where they overlap
+    low_top = _prediction(_box(slice(2, 5), slice(0, 3)), 0.95, 2)
+    overwrite = select_label_map([low_top, CENTRE], (6, 6), 0.9, "overwrite", decode)
+    expected = np.zeros((6, 6), np.int32)
+    expected[2:5, 0:3] = 2
+    expected[2:5, 2:5] = 3
+    np.testing.assert_array_equal(overwrite.labels, expected)
+
+
+def reference_paint(masks: list[np.ndarray], categories: list[int]) -> np.ndarray:
+    """A transcription of the authors' gen_segmentation.py painting loop (uint8 masks)."""
+    mask_res = False
+    for j, (mask, category) in enumerate(zip(masks, categories, strict=True)):
+        if mask_res is not False and (mask_res[mask]).any():
+            continue
+        if j == 0:
+            mask_res = np.zeros(mask.shape).astype(np.uint8)
+        mask_res[mask == 1] = category
+    return mask_res
+
+
+def test_overwrite_equals_the_authors_loop_on_random_masks():
+    rng = np.random.default_rng(0)
+    differ = 0
+    for _ in range(200):
+        shape = tuple(int(v) for v in rng.integers(4, 12, size=2))
+        count = int(rng.integers(1, 5))
+        predictions = []
+        for k in range(count):
+            top, left = rng.integers(0, shape[0]), rng.integers(0, shape[1])
+            height, width = rng.integers(1, 5, size=2)
+            mask = _box(slice(top, top + height), slice(left, left + width), shape)
+            predictions.append(_prediction(mask, 0.99 - 0.01 * k, int(rng.integers(1, 5))))
+        ours = select_label_map(predictions, shape, 0.9, "overwrite", decode).labels
+        masks = [decode(p).astype(np.uint8) for p in predictions]
+        theirs = reference_paint(masks, [p["category_id"] for p in predictions])
+        np.testing.assert_array_equal(ours, theirs)
+        skip = select_label_map(predictions, shape, 0.9, "skip", decode).labels
+        differ += not np.array_equal(skip, theirs)
+    assert differ > 20  # the two rules really differ on such scenes
 
 
 def test_the_command_writes_one_palette_png_per_image_and_the_stats(tmp_path):
@@ -82,12 +129,14 @@ def test_the_command_writes_one_palette_png_per_image_and_the_stats(tmp_path):
     assert a[0, 0] == 2 and a[3, 3] == 0 and a.dtype == np.uint8
     b = read_label_png(tmp_path / "labels" / "sub" / "b.png")
     assert b[2, 2] == 4 and b.sum() == 4 * 9  # fell back to its only prediction
-    assert not read_label_png(tmp_path / "labels" / "c.png").any()  # no prediction: background
+    # no prediction: no map (the image leaves stage 5's training set), counted in the stats
+    assert not (tmp_path / "labels" / "c.png").exists()
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert (stats["num_images"], stats["num_fell_back"], stats["num_without_predictions"]) == (
         3,
         1,
         1,
     )
+    assert (stats["num_labelled"], stats["num_confident"]) == (2, 1)
     assert stats["kept_per_image"] == {"0": 1, "1": 1, "2": 1}
     assert (stats["num_kept"], stats["num_painted"]) == (3, 2)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,13 @@ from maskdistill.commands.dataset_args import (
 )
 from maskdistill.data import Dataset, ImageRecord
 from maskdistill.io import atomic_path, read_json, write_json
-from maskdistill.masks import find_label_png, mask_annotation, paint_label_map, read_label_png
+from maskdistill.masks import (
+    find_label_png,
+    label_png_path,
+    mask_annotation,
+    paint_label_map,
+    read_label_png,
+)
 from maskdistill.metrics import (
     ablation_markdown,
     ablation_rows,
@@ -88,6 +95,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the labels are ground-truth classes (a linear probe's): no matching",
     )
     labels.add_argument("--title", required=True, help="the row's name, e.g. 'stage 5: segment'")
+    labels.add_argument(
+        "--missing",
+        choices=("error", "skip"),
+        default="error",
+        help="an image without a label PNG: an error, or left out (stage 4 writes none for an "
+        "image without predictions)",
+    )
+    labels.add_argument(
+        "--select-stats",
+        default=None,
+        help="stage-4 stats JSON: also score the images where a prediction reached tau, beside "
+        "stage 2's maps of the same images",
+    )
+    for command in (distill, labels):
+        command.add_argument(
+            "--naming",
+            default=None,
+            help="stage-2 metrics JSON of the objects protocol: name the labels as stage 2 did "
+            "(the reference's protocol) instead of matching this stage on its own pixels",
+        )
     labels.set_defaults(_evaluate=evaluate_labels)
     for command in (discovery, cluster, distill, labels):
         add_dataset_arguments(command)
@@ -162,15 +189,11 @@ def evaluate_cluster(args: argparse.Namespace) -> None:
     dataset, records = _eval_dataset(args)
     by_name, num_clusters = evaluation.index_annotations(read_json(args.pseudo_gt), args.pseudo_gt)
     annotations = evaluation.one_per_image(by_name, args.pseudo_gt)
-
-    def label_map(record: ImageRecord) -> np.ndarray:
-        ann = annotations.get(record.file_name)
-        masks = [] if ann is None else [(evaluation.annotation_mask(ann, record, args.pseudo_gt),
-                                          ann["category_id"])]  # fmt: skip
-        return paint_label_map((record.height, record.width), masks)
-
     confusion, with_labels = evaluation.semantic_confusion(
-        dataset, records, label_map, num_clusters + 1
+        dataset,
+        records,
+        lambda record: evaluation.pseudo_label_map(annotations, record, args.pseudo_gt),
+        num_clusters + 1,
     )
     mapping = None
     if args.matching == "objects":
@@ -198,6 +221,9 @@ def evaluate_cluster(args: argparse.Namespace) -> None:
         num_clusters=num_clusters,
         matching=args.matching,
         matching_splits=args.matching_splits or args.splits,
+        # the objects protocol's naming of every label (class index, background 0), which the
+        # later stages' metrics apply (--naming)
+        naming=None if mapping is None else mapping.tolist(),
         num_with_semantic_labels=with_labels,
         num_unannotated=sum(r.file_name not in annotations for r in records),
         semantic=semantic,
@@ -230,9 +256,9 @@ def evaluate_distill(args: argparse.Namespace) -> None:
     confusion, with_labels = evaluation.semantic_confusion(
         dataset, records, label_map, num_clusters + 1
     )
-    semantic = (
-        semantic_scores(confusion, ("background", *dataset.class_names)) if with_labels else None
-    )
+    names = ("background", *dataset.class_names)
+    naming = _naming(args, num_clusters + 1)
+    semantic = semantic_scores(confusion, names, naming) if with_labels else None
     report = evaluation.report("stage 3: distill", args.splits, len(records), dataset_spec(args))
     report["summary"] = {
         "mask AP50 (multi)": evaluation.mask_ap50(ground_truth, mine),
@@ -244,6 +270,7 @@ def evaluate_distill(args: argparse.Namespace) -> None:
         num_predictions=len(mine),
         num_images_with_predictions=len(grouped),
         num_ground_truth_instances=len(ground_truth["annotations"]),
+        matching=_protocol(args),
         semantic=semantic,
         predictions=args.predictions,
     )
@@ -251,14 +278,29 @@ def evaluate_distill(args: argparse.Namespace) -> None:
     log.info("stage 3 on %d images: %s", len(records), report["summary"])
 
 
+def _naming(args: argparse.Namespace, num_labels: int) -> np.ndarray | None:
+    """The label naming of ``--naming`` (stage 2's, the objects protocol), or None (pixels:
+    each stage matched on its own confusion matrix)."""
+    if args.naming is None:
+        return None
+    return evaluation.stored_naming(read_json(args.naming), num_labels, args.naming)
+
+
+def _protocol(args: argparse.Namespace) -> str:
+    return "pixels" if args.naming is None else "objects"
+
+
 def evaluate_labels(args: argparse.Namespace) -> None:
-    """Semantic mIoU and per-class IoU of label PNGs, Hungarian-matched to the classes."""
+    """Semantic mIoU and per-class IoU of label PNGs (matched per the protocol); with
+    ``--select-stats``, also on the images where a prediction reached tau, beside stage 2's."""
     dataset, records = _eval_dataset(args)
     names = ("background", *dataset.class_names)
     if args.supervised:
         num_labels = len(names)
     else:
         num_labels = 1 + evaluation.index_annotations(read_json(args.pseudo_gt), args.pseudo_gt)[1]
+    if args.missing == "skip":  # stage 4 writes no map for an image without predictions
+        records = [r for r in records if _has_labels(args.labels, r.file_name)]
 
     def label_map(record: ImageRecord) -> np.ndarray:
         path = find_label_png(args.labels, record.file_name)
@@ -270,19 +312,48 @@ def evaluate_labels(args: argparse.Namespace) -> None:
     confusion, with_labels = evaluation.semantic_confusion(dataset, records, label_map, num_labels)
     if not with_labels:
         raise ValueError(f"{args.images}: no image of split {args.splits} has semantic labels")
-    identity = np.arange(num_labels) if args.supervised else None
-    semantic = semantic_scores(confusion, names, identity)
+    mapping = np.arange(num_labels) if args.supervised else _naming(args, num_labels)
+    semantic = semantic_scores(confusion, names, mapping)
     report = evaluation.report(args.title, args.splits, len(records), dataset_spec(args))
     report["summary"] = {"mIoU": semantic["miou"]}
+    if args.select_stats:
+        report["summary"] |= _confident_scores(args, dataset, records, label_map, num_labels)
     report.update(
         per_class_iou=semantic["per_class_iou"],
         num_with_semantic_labels=with_labels,
-        matching="identity (supervised)" if args.supervised else "pixels",
+        matching="identity (supervised)" if args.supervised else _protocol(args),
         semantic=semantic,
         labels=list(args.labels),
     )
     write_json(args.out, report)
-    log.info("%s on %d images: mIoU %.1f%%", args.title, with_labels, 100 * semantic["miou"])
+    log.info("%s on %d images: %s", args.title, with_labels, report["summary"])
+
+
+def _has_labels(folders: list[str], file_name: str) -> bool:
+    return any(label_png_path(folder, file_name).is_file() for folder in folders)
+
+
+def _confident_scores(args, dataset, records, label_map, num_labels: int) -> dict[str, Any]:
+    """mIoU of the stage-4 maps and of the stage-2 maps on the images where a prediction
+    reached tau (``--select-stats``), and those images' share of all labelled images."""
+    stats = read_json(args.select_stats)
+    confident = {
+        row["file_name"] for row in stats["images"] if row["kept"] > 0 and not row["fell_back"]
+    }
+    subset = [r for r in records if r.file_name in confident]
+    annotations = evaluation.one_per_image(
+        evaluation.index_annotations(read_json(args.pseudo_gt), args.pseudo_gt)[0], args.pseudo_gt
+    )
+    names = ("background", *dataset.class_names)
+    scores = {"share of images reaching tau": len(subset) / max(len(records), 1)}
+    for key, paint in (
+        ("mIoU (images reaching tau)", label_map),
+        ("stage-2 mIoU (same images)", lambda r: evaluation.pseudo_label_map(annotations, r, "")),
+    ):
+        confusion, scored = evaluation.semantic_confusion(dataset, subset, paint, num_labels)
+        mapping = _naming(args, num_labels)
+        scores[key] = semantic_scores(confusion, names, mapping)["miou"] if scored else None
+    return scores
 
 
 def _read_reports(paths: list[str]) -> list[dict]:

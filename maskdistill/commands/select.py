@@ -3,9 +3,11 @@
 For every image of the pseudo ground truth (the learning images): its predictions scoring at
 least --tau, or its best one alone when none does, painted in descending score with their
 category id (1 + cluster index) on an all-zero map; a mask touching pixels painted before it
-is skipped (--overlap skip, the paper's text) or paints over them (overwrite, the reference
-code's actual behaviour). The PNGs (``<out>/<file name stem>.png``, data/README.md) are written
-into a temporary folder renamed when complete; --stats gets what was kept per image.
+is skipped (--overlap skip, the paper's text), or treated as the authors' code treats it
+(overwrite: see maskdistill.select). An image without any prediction gets no PNG (it leaves
+stage 5's training set, as in the reference). The PNGs (``<out>/<file name stem>.png``,
+data/README.md) are written into a temporary folder renamed when complete; --stats gets what
+was kept per image.
 """
 
 from __future__ import annotations
@@ -62,8 +64,9 @@ def run(args: argparse.Namespace) -> None:
                     p["segmentation"], shape, args.predictions
                 ),
             )
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_label_png(path, selection.labels)
+            if selection.kept:  # an image without predictions gets no map (the reference)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_label_png(path, selection.labels)
             rows.append(
                 {
                     "file_name": image["file_name"],
@@ -75,8 +78,17 @@ def run(args: argparse.Namespace) -> None:
                 }
             )
             bar.update()
-    write_json(args.stats, selection_stats(rows, args, num_categories))
-    log.info("wrote %d label maps to %s", len(rows), args.out)
+    stats = selection_stats(rows, args, num_categories)
+    write_json(args.stats, stats)
+    log.info(
+        "wrote %d label maps to %s; %d images without any prediction get none (left out of "
+        "stage 5), %d kept only their best prediction (none reached tau %s)",
+        len(rows) - stats["num_without_predictions"],
+        args.out,
+        stats["num_without_predictions"],
+        stats["num_fell_back"],
+        args.tau,
+    )
 
 
 def selection_stats(rows: list[dict], args: argparse.Namespace, num_categories: int) -> dict:
@@ -88,6 +100,8 @@ def selection_stats(rows: list[dict], args: argparse.Namespace, num_categories: 
         "num_categories": num_categories,
         "num_images": len(rows),
         "num_without_predictions": sum(r["predictions"] == 0 for r in rows),
+        "num_labelled": sum(r["kept"] > 0 for r in rows),
+        "num_confident": sum(r["kept"] > 0 and not r["fell_back"] for r in rows),
         "num_fell_back": sum(r["fell_back"] for r in rows),
         "kept_per_image": dict(sorted(Counter(r["kept"] for r in rows).items())),
         "num_kept": sum(r["kept"] for r in rows),

@@ -31,6 +31,7 @@ import torch
 from maskdistill.data.base import ImageRecord
 from maskdistill.distill.data import TrainingImage
 from maskdistill.distill.predict import MASK_THRESHOLD, detections
+from maskdistill.io import atomic_path
 from maskdistill.loader import image_batches
 from maskdistill.names import unsafe_reason
 from maskdistill.preflight import check_pickle
@@ -68,17 +69,64 @@ def config_file(name: str) -> Path:
     return zoo
 
 
-def _weights(init: str, trust_pickle: bool) -> tuple[str, bool]:
-    """MODEL.WEIGHTS for ``distill.init`` and whether the network learns from scratch."""
+def detectron2_key(name: str) -> str:
+    """A torchvision ResNet key -> detectron2's (as MoCo's convert-pretrain-to-detectron2.py):
+    ``conv1`` / ``bn1`` -> ``stem.conv1`` / ``stem.conv1.norm``, ``layerN`` -> ``res(N+1)``,
+    ``bnK`` -> ``convK.norm``, ``downsample.0`` / ``.1`` -> ``shortcut`` / ``shortcut.norm``."""
+    if "layer" not in name:
+        name = "stem." + name
+    for t in (1, 2, 3, 4):
+        name = name.replace(f"layer{t}", f"res{t + 1}")
+    for t in (1, 2, 3):
+        name = name.replace(f"bn{t}", f"conv{t}.norm")
+    return name.replace("downsample.0", "shortcut").replace("downsample.1", "shortcut.norm")
+
+
+def convert_weights(init: str, out: str | Path) -> Path:
+    """Write ``init`` (any ResNet-50 file maskdistill reads: MoCo v1/v2/v3, DINO, torchvision)
+    in detectron2's format: ``{"model": detectron2 keys, "__author__", "matching_heuristics"}``,
+    tensors only (detectron2 reads it with ``torch.load(weights_only=True)``)."""
+    from maskdistill.models.resnet import resnet_weights
+
+    weights = resnet_weights(init, "resnet50", "distill.init")
+    model = {
+        detectron2_key(k): v
+        for k, v in weights.state_dict.items()
+        if not k.startswith("fc.") and not k.endswith("num_batches_tracked")
+    }
+    payload = {"model": model, "__author__": "maskdistill", "matching_heuristics": True}
+    with atomic_path(out) as tmp:
+        torch.save(payload, tmp)
+    log.info("converted %s (%s) to detectron2's format: %s", init, weights.source, out)
+    return Path(out)
+
+
+def _is_detectron2_checkpoint(path: str) -> bool:
+    """A detectron2-format file (``__author__`` beside ``model``), or a pickle (model zoo)."""
+    if Path(path).suffix == ".pkl":
+        return True
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    return isinstance(payload, dict) and "__author__" in payload and "model" in payload
+
+
+def _weights(init: str, trust_pickle: bool, output_dir: str | Path) -> tuple[str, bool]:
+    """MODEL.WEIGHTS for ``distill.init`` and whether the network learns from scratch.
+
+    A detectron2 checkpoint is used as it is; any other ResNet-50 file maskdistill reads
+    (MoCo, DINO, torchvision layouts) is converted into ``output_dir`` first.
+    """
     if init == "none":
         return "", True
     if init.startswith(("torchvision:", "timm:")):
         raise ValueError(
             f"distill.init: {init!r} is for the torchvision backend; the detectron2 backend "
-            "takes 'none' or a detectron2 checkpoint (.pth, or .pkl with distill.trust_pickle)"
+            "takes 'none', a ResNet-50 file (MoCo, DINO, torchvision; converted) or a detectron2 "
+            "checkpoint (.pth, or .pkl with distill.trust_pickle)"
         )
     check_pickle(init, trust_pickle)
-    return init, False
+    if _is_detectron2_checkpoint(init):
+        return init, False
+    return str(convert_weights(init, Path(output_dir) / "init-detectron2.pth")), False
 
 
 def read_config_file(cfg, name: str) -> None:
@@ -135,7 +183,7 @@ def build_config(
         )
     cfg = get_cfg()
     read_config_file(cfg, settings["detectron2_config"])
-    weights, scratch = _weights(settings["init"], settings["trust_pickle"])
+    weights, scratch = _weights(settings["init"], settings["trust_pickle"], output_dir)
     cfg.MODEL.WEIGHTS = weights
     if scratch:  # no ImageNet statistics to freeze: GroupNorm everywhere, as the torchvision one
         cfg.MODEL.RESNETS.NORM = cfg.MODEL.FPN.NORM = "GN"
@@ -146,8 +194,9 @@ def build_config(
     cfg.MODEL.ROI_BOX_HEAD.FC_DIM = settings["box_head_dim"]
     cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = settings["mask_head_convs"]
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
+    cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 2 * settings["proposals_train"]
     cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = settings["proposals_train"]
-    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = settings["proposals_test"]
+    cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = cfg.MODEL.RPN.POST_NMS_TOPK_TEST = settings["proposals_test"]
     cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE = settings["rpn_batch_size"]
     cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = settings["roi_batch_size"]
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = settings["score_floor"]

@@ -72,8 +72,9 @@ class MaskRCNNSettings:
         train_sizes: shorter sides drawn per training image, pixels.
         test_size: shorter side at prediction time, pixels.
         max_size: cap of the longer side, pixels.
-        proposals_train, proposals_test: RPN proposals kept per image before and after NMS
-            (torchvision: 2000 and 1000).
+        proposals_train, proposals_test: RPN proposals kept per image after NMS in training and
+            at prediction; before NMS, per pyramid level, twice as many in training and as many
+            at prediction (detectron2's R50-FPN: 2000 -> 1000 and 1000 -> 1000).
         rpn_batch_size: anchors sampled per image for the RPN loss.
         roi_batch_size: proposals sampled per image for the box and mask losses.
         score_floor: predictions scoring less are dropped (torchvision's box_score_thresh).
@@ -208,7 +209,7 @@ def build_maskrcnn(
         image_mean=list(normalization.mean),
         image_std=list(normalization.std),
         rpn_head=RPNHead(channels, 3),
-        rpn_pre_nms_top_n_train=settings.proposals_train,
+        rpn_pre_nms_top_n_train=2 * settings.proposals_train,  # detectron2's 2000 / 1000
         rpn_post_nms_top_n_train=settings.proposals_train,
         rpn_pre_nms_top_n_test=settings.proposals_test,
         rpn_post_nms_top_n_test=settings.proposals_test,

@@ -7,7 +7,8 @@ A weight spec (config ``distill.init`` / ``segment.init``) is one of:
   ``torchvision:IMAGENET1K_V1`` (downloaded into the torch hub cache);
 - ``timm:<name>``: a timm ResNet, e.g. ``timm:resnet50.a1_in1k`` (downloaded from the hub);
 - a file, recognised by its keys:
-  - MoCo v1/v2 (``state_dict`` with ``module.encoder_q.*``; the query encoder is used),
+  - MoCo v1/v2 (``state_dict`` with ``module.encoder_q.*``; the query encoder is used) and
+    MoCo v3 (``module.base_encoder.*``; the base encoder, as the reference's loader),
   - DINO (the release's plain ResNet-50 state dict, or a training checkpoint with
     ``teacher`` / ``student`` and ``module.backbone.*`` / ``backbone.*`` keys; the teacher),
   - a torchvision or timm ResNet state dict, possibly wrapped in ``state_dict`` or ``model`` and
@@ -33,7 +34,8 @@ from maskdistill.models.norm import IMAGENET, Normalization
 from maskdistill.models.specs import looks_like_path
 
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101")
-_MOCO_PREFIXES = ("module.encoder_q.", "encoder_q.")
+# MoCo v1/v2: the query encoder; MoCo v3: the base encoder (not the momentum encoder)
+_MOCO_PREFIXES = ("module.encoder_q.", "encoder_q.", "module.base_encoder.", "base_encoder.")
 _DINO_PREFIXES = ("module.backbone.", "backbone.", "module.")
 
 
@@ -83,7 +85,8 @@ def filter_torchvision(state_dict: dict) -> dict[str, torch.Tensor]:
 
 
 def filter_moco(state_dict: dict) -> dict[str, torch.Tensor]:
-    """A MoCo checkpoint -> the query encoder's backbone (its MLP head ``fc.*`` dropped)."""
+    """A MoCo checkpoint -> the query (v1/v2) or base (v3) encoder's backbone (its MLP head
+    ``fc.*`` dropped; v3's momentum encoder and predictor are left out)."""
     state_dict = unwrap(state_dict, ("state_dict", "model"))
     out = {}
     for key, value in state_dict.items():

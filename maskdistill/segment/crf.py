@@ -46,7 +46,8 @@ def dense_crf(image: np.ndarray, probabilities: np.ndarray, settings: CRFSetting
     """Refine per-pixel class probabilities with a fully connected CRF.
 
     Args:
-        image: (H, W, 3) uint8 RGB, the image the probabilities belong to.
+        image: (H, W, 3) uint8, the image the probabilities belong to; its channel order sets
+            the bilateral kernel's colour distances (stage 5 passes BGR, as the reference).
         probabilities: (C, H, W) float, summing to 1 over C (a softmax).
         settings: the kernels.
 

@@ -1,12 +1,14 @@
 """Stage 5 samples: images with their label maps, augmented as the reference does.
 
-Training augmentation (docs/method.md, stage 5): a horizontal flip (p 0.5), then one affine
-transform about the image centre with a scale drawn from ``scale_range`` and a rotation from
-+- ``rotation`` degrees (image bilinear with black borders, labels nearest with ``IGNORE``
-borders: pixels from outside the image are not scored), then a resize to ``size`` x ``size``
-(image bilinear, labels nearest), normalisation with the backbone's statistics. Every draw
-comes from a generator seeded by (seed, step, image). At prediction time the image is only
-resized and normalised.
+Training augmentation (docs/method.md, stage 5), as the reference's ``ScaleNRotate`` and
+``FixedResize``: a horizontal flip (p 0.5), then one affine transform about the image centre
+with a scale drawn from ``scale_range`` and a rotation from +- ``rotation`` degrees (image
+bicubic, labels nearest; pixels brought in from outside the image are 0 in both, so they are
+background in the labels and trained on), then a resize to ``size`` x ``size`` (image bicubic
+without antialiasing, labels nearest), normalisation with the backbone's statistics; the image
+is clamped to [0, 1] after each bicubic step, as the reference's 8-bit images saturate. Every
+draw comes from a generator seeded by (seed, step, image). At prediction time the image is
+resized (bicubic) and normalised.
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ from typing import Any
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
+from PIL import Image
 from torchvision.transforms import InterpolationMode
 
 from maskdistill.data.base import ImageRecord
 from maskdistill.images import load_image
 from maskdistill.loader import image_tensor
-from maskdistill.masks import IGNORE, label_png_path, read_label_png
+from maskdistill.masks import label_png_path, read_label_png
 from maskdistill.models.norm import Normalization
+
+BACKGROUND = 0  # the label of pixels brought in from outside the image (the reference's fill)
 
 
 @dataclass(frozen=True)
@@ -69,30 +74,49 @@ def labelled_images(
     return found, missing
 
 
+def _bicubic_resize(image: torch.Tensor, size: int) -> torch.Tensor:
+    """(3, H, W) in [0, 1] -> (3, size, size), bicubic without antialiasing, clamped to [0, 1]."""
+    resized = TF.resize(image, [size, size], InterpolationMode.BICUBIC, antialias=False)
+    return resized.clamp_(0.0, 1.0)
+
+
 def network_input(image: np.ndarray, size: int, norm: Normalization) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, size, size) resized (bilinear, antialiased) and normalised."""
-    tensor = TF.resize(image_tensor(image), [size, size], antialias=True)
-    return TF.normalize(tensor, list(norm.mean), list(norm.std))
+    """(H, W, 3) uint8 -> (3, size, size) resized (bicubic) and normalised."""
+    return TF.normalize(_bicubic_resize(image_tensor(image), size), list(norm.mean), list(norm.std))
 
 
 def augment(
-    image: torch.Tensor,
-    labels: torch.Tensor,
+    image: np.ndarray,
+    labels: np.ndarray,
     settings: Augmentation,
     rng: np.random.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flip, scale and rotate, resize: image (3, H, W) in [0, 1], labels (1, H, W) uint8."""
+    """Flip, scale and rotate, resize (module doc).
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        labels: (H, W) uint8 label map.
+
+    Returns:
+        (3, size, size) float32 in [0, 1] and (size, size) uint8 labels.
+    """
+    pil_image, pil_labels = Image.fromarray(image), Image.fromarray(labels)
     if settings.flip and rng.random() < 0.5:
-        image, labels = TF.horizontal_flip(image), TF.horizontal_flip(labels)
+        pil_image, pil_labels = TF.horizontal_flip(pil_image), TF.horizontal_flip(pil_labels)
     scale = float(rng.uniform(*settings.scale_range))
     angle = float(rng.uniform(-settings.rotation, settings.rotation))
+    # on 8-bit images (PIL), as the reference's OpenCV: bicubic values saturate at 0 and 255
     common = {"angle": angle, "translate": [0, 0], "scale": scale, "shear": [0.0, 0.0]}
-    image = TF.affine(image, interpolation=InterpolationMode.BILINEAR, fill=0.0, **common)
-    labels = TF.affine(labels, interpolation=InterpolationMode.NEAREST, fill=IGNORE, **common)
+    pil_image = TF.affine(pil_image, interpolation=InterpolationMode.BICUBIC, fill=0, **common)
+    pil_labels = TF.affine(
+        pil_labels, interpolation=InterpolationMode.NEAREST, fill=BACKGROUND, **common
+    )
+    resized = _bicubic_resize(image_tensor(np.array(pil_image)), settings.size)
     size = [settings.size, settings.size]
-    image = TF.resize(image, size, antialias=True)
-    labels = TF.resize(labels, size, interpolation=InterpolationMode.NEAREST)
-    return image, labels
+    label_map = TF.resize(
+        torch.from_numpy(np.array(pil_labels))[None], size, InterpolationMode.NEAREST
+    )[0]
+    return resized, label_map
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
@@ -125,11 +149,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 f"{item.image} {image.shape[:2]}"
             )
         rng = np.random.default_rng([self.seed, step, index])
-        tensor, label_map = augment(
-            image_tensor(image), torch.from_numpy(labels)[None], self.settings, rng
-        )
+        tensor, label_map = augment(image, labels, self.settings, rng)
         tensor = TF.normalize(tensor, list(self.norm.mean), list(self.norm.std))
-        return tensor, label_map[0].long()
+        return tensor, label_map.long()
 
 
 def epoch_order(count: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:

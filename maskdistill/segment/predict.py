@@ -1,8 +1,12 @@
 """Stage 5 predictions: label maps at the original image size, optionally refined by a dense CRF.
 
-Each image is resized to the network's square input (as in training), the logits are upsampled
-bilinearly to the original size, and each pixel takes the argmax (or, with a CRF, the argmax of
-the CRF-refined softmax). Batched: every image has the same input shape.
+As the reference does it: each image is resized to the network's square input (as in
+training); without a CRF each pixel of that input takes the argmax of the logits and the label
+map is resized to the original size with nearest neighbours (OpenCV's rule, floor of the scaled
+coordinate), so that memory holds one label map, not the logits, at the original size. With a
+CRF, the logits are upsampled bilinearly to the original size, and the CRF refines their softmax
+with the image in BGR order (the reference reads images with OpenCV). Batched: every image has
+the same input shape.
 """
 
 from __future__ import annotations
@@ -83,11 +87,19 @@ def predict_label_maps(
             with autocast(device, precision):
                 logits = model(inputs)["out"].float()
             for item, item_logits in zip(items, logits, strict=True):
+                if crf is None:
+                    yield item.record, resized_argmax(item_logits, item.image_size)
+                    continue
                 full = F.interpolate(
                     item_logits[None], size=item.image_size, mode="bilinear", align_corners=False
                 )[0]
-                if crf is None:
-                    yield item.record, full.argmax(dim=0).cpu().numpy()
-                else:
-                    probabilities = full.softmax(dim=0).cpu().numpy()
-                    yield item.record, dense_crf(item.value.image, probabilities, crf)
+                probabilities = full.softmax(dim=0).cpu().numpy()
+                bgr = np.ascontiguousarray(item.value.image[:, :, ::-1])
+                yield item.record, dense_crf(bgr, probabilities, crf)
+
+
+def resized_argmax(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) logits -> (H, W) int64 labels: argmax at (h, w), then nearest-neighbour resize
+    to ``size`` (source pixel floor(y h / H), floor(x w / W), as OpenCV's INTER_NEAREST)."""
+    labels = logits.argmax(dim=0)[None, None].float()
+    return F.interpolate(labels, size=tuple(size), mode="nearest")[0, 0].long().cpu().numpy()

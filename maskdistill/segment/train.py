@@ -48,7 +48,8 @@ class EpochSchedule:
         epochs: passes over the training images.
         batch_size: images per step, over all processes.
         lr, momentum, weight_decay: SGD's.
-        lr_epochs: epochs after which the rate is multiplied by ``gamma``.
+        lr_epochs: the rate is multiplied by ``gamma`` for each of these that the 0-based
+            epoch exceeds (the reference's ``epoch > m``: [40] decays from the 42nd epoch).
         gamma: the decay factor.
         clip_grad: gradient-norm clip (0: none).
         amp: mixed precision on CUDA.
@@ -80,8 +81,10 @@ class EpochSchedule:
         return steps
 
     def lr_at(self, step: int, steps_per_epoch: int) -> float:
-        """The learning rate of step ``step``: decayed after each epoch of ``lr_epochs``."""
-        return step_decay_schedule(step // steps_per_epoch, self.lr, self.lr_epochs, self.gamma)
+        """The learning rate of step ``step``: multiplied by ``gamma`` for each epoch of
+        ``lr_epochs`` that the step's 0-based epoch exceeds (the reference's rule)."""
+        epoch = step // steps_per_epoch
+        return step_decay_schedule(epoch, self.lr, self.lr_epochs, self.gamma, after=True)
 
 
 class EpochSampler:
