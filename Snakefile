@@ -5,7 +5,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# config.yaml (the embedded demo) is the configuration only when no --configfile is given: a
+# preset (configs/*.yaml) then stands alone on the schema's defaults, never on the demo's values
+# (docs/workflow.md, "Configs and presets"); --config key=value applies on top of either.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 report: "report/workflow.rst"

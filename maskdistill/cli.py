@@ -36,6 +36,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """``--help`` keeps the module docstring's line breaks and shows every default."""
 
 
+def first_sentence(doc: str) -> str | None:
+    """The first sentence of a docstring (up to the first period that ends it or is followed by
+    a space), its line breaks joined: a command's one-line help."""
+    text = " ".join(doc.strip().split())
+    for index, char in enumerate(text):
+        if char == "." and (index + 1 == len(text) or text[index + 1] == " "):
+            return text[:index]
+    return text or None
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The top-level parser with every registered subcommand, or only with ``only``.
 
@@ -52,10 +62,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if only is not None and name != only:
             continue
         module = importlib.import_module(f"maskdistill.commands.{module_name}")
-        doc = (module.__doc__ or "").strip().splitlines()
         sub = subparsers.add_parser(
             name,
-            help=doc[0] if doc else None,
+            help=first_sentence(module.__doc__ or ""),
             description=module.__doc__,
             formatter_class=HelpFormatter,
         )

@@ -17,7 +17,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; rename it to ``path`` only if the block succeeds.
 
     A crash or an error inside the block leaves no partial ``path`` behind (the temporary file
-    is removed), so a rerun never mistakes a half-written output for a finished one. The
+    is removed), so a rerun never mistakes a half-written output for a finished one. A folder
+    replaces an existing folder (the old one is moved aside, then removed). The
     temporaries of earlier writers of ``path`` that were killed (``.<name>.tmp-<pid>``) are
     removed first: one writer per output at a time, as Snakemake runs one job per output.
     """
@@ -26,11 +27,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     for stale in final.parent.glob(f".{glob.escape(final.name)}.tmp-*"):
         _remove(stale)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
     try:
         yield tmp
+        if tmp.is_dir() and final.is_dir():  # a folder cannot replace a folder in one rename
+            os.replace(final, old)
         os.replace(tmp, final)
     finally:
         _remove(tmp)
+        _remove(old)
 
 
 def _remove(path: Path) -> None:

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from maskdistill.data.base import ImageRecord
 from maskdistill.images import BadImageError, load_or_skip
 from maskdistill.progress import Progress
+from maskdistill.runtime import loader_workers
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def image_batches(
     loader = DataLoader(
         PreparedImages(usable, prepare, on_bad_image),
         batch_sampler=batches,
-        num_workers=workers,
+        num_workers=loader_workers(workers),
         collate_fn=list,
     )
     with Progress(len(records), desc, "images", enabled=progress) as bar:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+PICKLE_PROTOCOL = b"\x80"  # the first byte of a pickle of protocol 2 or later (legacy torch.save)
 # attention heads of timm's ViT sizes (vit_<size>_patch...)
 VIT_HEADS = {"tiny": 3, "small": 6, "base": 12, "large": 16, "huge": 16}
 WIDTH_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16}
@@ -85,6 +86,27 @@ def check_image_names(
     return rejected
 
 
+def check_cached_skips(shards: list[Path], on_bad_image: str) -> None:
+    """Under ``on_bad_image: error``, a cached discover shard that left images out (made
+    under ``skip``) is an error naming them and both ways out, before any job runs."""
+    from maskdistill.images import read_skipped
+
+    if on_bad_image != "error":
+        return
+    for shard in shards:
+        listing = Path(f"{shard}.skipped.tsv")
+        rows = read_skipped(listing) if shard.is_file() and listing.is_file() else []
+        if rows:
+            shown = "; ".join(f"{name} ({reason})" for name, reason in rows[:3])
+            raise ValueError(
+                f"config key 'on_bad_image' is error, but the cached shard {shard} was made "
+                f"with skip and left out {len(rows)} images: {shown}"
+                f"{' ...' if len(rows) > 3 else ''} (all in {listing}). Either set "
+                f"on_bad_image: skip, or fix or remove those files and delete {shard} so that "
+                "it is computed again"
+            )
+
+
 def _require(path: Path, setting: str, problem: str) -> None:
     if not path.is_file():
         raise ValueError(f"config key '{setting}': {path} {problem}")
@@ -103,6 +125,27 @@ def image_count(dataset: Mapping[str, Any], folder_images: list[str] | None = No
     if dataset.get("image_list") is not None:
         return len([n for n in Path(dataset["image_list"]).read_text().split() if n])
     return None
+
+
+def check_batch_size(setting: str, batch_size: int, images: int | None, what: str) -> None:
+    """A training batch (over all GPUs) needs at least that many training images."""
+    if images is not None and batch_size > images:
+        raise ValueError(
+            f"config key '{setting}': a batch of {batch_size} images, but {what} has only "
+            f"{images} (lower {setting})"
+        )
+
+
+def check_lr_epochs(section: str, values: Mapping[str, Any]) -> None:
+    """Every epoch of ``lr_epochs`` must lie before the last epoch: the rate decays once the
+    0-based epoch exceeds it (the reference's rule), so a later one never decays."""
+    late = [m for m in values["lr_epochs"] if m > values["epochs"] - 2]
+    if late:
+        raise ValueError(
+            f"config key '{section}.lr_epochs': {late} would never decay the rate with "
+            f"{section}.epochs {values['epochs']} (the rate decays once the 0-based epoch "
+            f"exceeds the value: at most {values['epochs'] - 2})"
+        )
 
 
 def check_cluster_count(k: int, overcluster: int, images: int | None) -> None:
@@ -132,6 +175,11 @@ def check_weights_file(path: str | Path, setting: str) -> None:
             raise ValueError(f"config key '{setting}': {path} is corrupt (member {bad})")
     elif path.stat().st_size == 0:
         raise ValueError(f"config key '{setting}': {path} is empty (0 bytes)")
+    elif path.suffix != ".pkl" and path.read_bytes()[:1] != PICKLE_PROTOCOL:
+        raise ValueError(
+            f"config key '{setting}': {path} is not a weights file (neither a PyTorch zip "
+            "archive, a safetensors file nor a legacy PyTorch pickle)"
+        )
 
 
 def _safetensors_header(path: Path, setting: str) -> dict[str, Any]:
@@ -159,8 +207,26 @@ def backbone_heads(spec: str, num_heads: int | None) -> int | None:
         header = _safetensors_header(path, "discover.backbone")
         width = header.get("cls_token", {}).get("shape", [0])[-1]
         return WIDTH_HEADS.get(width)
+    if path.is_file():  # a PyTorch file: its width, read without unpickling objects
+        return WIDTH_HEADS.get(_checkpoint_width(path))
     match = re.match(r"vit_(tiny|small|base|large|huge)_", path.name)
     return VIT_HEADS[match.group(1)] if match and not path.is_file() else None
+
+
+def _checkpoint_width(path: Path) -> int | None:
+    """The embedding width of a ViT checkpoint (its ``cls_token``), or None when it has none."""
+    import torch
+
+    from maskdistill.models.vit import checkpoint_filter_fn
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:
+        raise ValueError(
+            f"config key 'discover.backbone': {path} is not a readable checkpoint ({error})"
+        ) from error
+    token = checkpoint_filter_fn(payload).get("cls_token") if isinstance(payload, dict) else None
+    return None if token is None else int(token.shape[-1])
 
 
 def check_heads(heads: int, spec: str, num_heads: int | None) -> None:
@@ -249,6 +315,40 @@ def check_config(
             images = image_count(dataset, listed)
         cluster = config["cluster"]
         check_cluster_count(cluster["k"], cluster["overcluster"], images)
+        check_batch_size("distill.batch_size", config["distill"]["batch_size"], images,
+                         "dataset.learn_splits")  # fmt: skip
+    segment = config["segment"]
+    splits = segment["train_splits"] or dataset["learn_splits"]
+    check_batch_size(
+        "segment.batch_size",
+        segment["batch_size"],
+        split_count(config, splits, list_folder),
+        "the stage-5 training images",
+    )
+    if config["probe"]["enabled"]:
+        check_batch_size("probe.batch_size", config["probe"]["batch_size"],
+                         split_count(config, config["probe"]["splits"], list_folder),
+                         "probe.splits")  # fmt: skip
+    for section in ("segment", "probe"):
+        check_lr_epochs(section, config[section])
+
+
+def split_count(
+    config: Mapping[str, Any], splits: list[str], list_folder: Callable | None = None
+) -> int | None:
+    """How many images the given splits of the config's dataset hold, when lists tell."""
+    demo, dataset = config["demo_data"], config["dataset"]
+    if demo["generate"]:
+        sizes = {"train": demo["num_train"], "val": demo["num_val"]}
+        return sum(sizes.get(split, 0) for split in splits)
+    if dataset["kind"] == "voc" and not all(
+        (Path(dataset["root"]) / "ImageSets" / dataset["imagesets"] / f"{s}.txt").is_file()
+        for s in splits
+    ):
+        return None
+    listing = list_folder or _list_folder
+    listed = listing(dataset["root"]) if dataset["kind"] == "folder" else None
+    return image_count(dataset | {"learn_splits": list(splits)}, listed)
 
 
 def _list_folder(root: str) -> list[str]:

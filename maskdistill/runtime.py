@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 
 import torch
+
+log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -51,3 +55,23 @@ def set_threads(threads: int | None) -> None:
         if threads < 1:
             raise ValueError(f"threads: expected >= 1, got {threads}")
         torch.set_num_threads(threads)
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def loader_workers(requested: int) -> int:
+    """Data-loading processes: ``requested``, at most the CPUs available (a preset sized for a
+    GPU node asks for more than a laptop has; PyTorch would warn on every loader)."""
+    if requested < 0:
+        raise ValueError(f"workers: expected >= 0, got {requested}")
+    cpus = available_cpus()
+    if requested > cpus:
+        log.info("%d data-loading workers asked for, %d CPUs available: using %d", requested,
+                 cpus, cpus)  # fmt: skip
+        return cpus
+    return requested

@@ -150,7 +150,7 @@ def load_checkpoint(
             the message names the file, the settings that differ and how to start over.
     """
     path = Path(path)
-    start_over = f"delete {path} (or pass --no-resume) to start from step 0"
+    start_over = f"delete {path} to start from step 0 (a command run by hand can pass --no-resume)"
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -396,28 +396,21 @@ def run_steps(
             bar.update()
 
 
-def save_weights(
-    path: str | Path, model: nn.Module, settings: Mapping[str, Any], extra: Mapping[str, Any]
-) -> None:
-    """Write a trained network for the next stages: ``model`` (state dict), ``settings``
-    (everything needed to build it again) and ``extra`` (provenance), atomically."""
-    save_state(path, model.state_dict(), settings, extra)
-
-
 def save_state(
     path: str | Path,
     state_dict: Mapping[str, torch.Tensor],
     settings: Mapping[str, Any],
     extra: Mapping[str, Any],
 ) -> None:
-    """:func:`save_weights` of a state dict."""
+    """Write a trained network for the next stages: ``model`` (the state dict), ``settings``
+    (everything needed to build it again) and ``extra`` (provenance), atomically."""
     payload = {"model": dict(state_dict), "settings": dict(settings), "extra": dict(extra)}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
 def load_weights(path: str | Path) -> dict[str, Any]:
-    """Read a file written by :func:`save_weights` (weights only: nothing else is unpickled)."""
+    """Read a file written by :func:`save_state` (weights only: nothing else is unpickled)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

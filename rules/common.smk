@@ -32,6 +32,10 @@ LOGS = RUN / "logs"
 BENCHMARKS = RUN / "benchmarks"
 GPU_LOCKS = RESULTS / ".gpu-locks"
 RESOURCES = config["resources"]
+# a training job's end (execution: passed as a resource, so changing it reruns nothing)
+KEEP_CHECKPOINTS = (
+    "--keep-checkpoints" if config["keep_checkpoints"] else "--no-keep-checkpoints"
+)
 DATASET = config["dataset"]
 
 

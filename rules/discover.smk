@@ -31,6 +31,7 @@ SUPPORT_SHARDS = (
     if SUPPORT is None
     else shard_paths(CACHE / "discover" / SUPPORT_KEY, DISCOVER["num_shards"])
 )
+preflight.check_cached_skips(DISCOVER_SHARDS + SUPPORT_SHARDS, config["on_bad_image"])
 
 
 rule discover:

@@ -37,6 +37,7 @@ rule distill_train:
         # execution settings: resources, so that changing them reruns nothing
         workers=RESOURCES["distill_train"]["workers"],
         checkpoint_every=DISTILL["checkpoint_every"],
+        keep=KEEP_CHECKPOINTS,
         device=DISTILL["device"],
     params:
         code=code_fingerprint("maskdistill.commands.distill"),
@@ -50,7 +51,7 @@ rule distill_train:
         "maskdistill gpu-run --gpus {resources.gpu} --lock-dir {params.gpu_locks:q}"
         " {params.launch} -- maskdistill distill train --pseudo-gt {input.pseudo_gt:q}"
         " {params.dataset} {params.flags} --resume-dir {params.resume:q}"
-        " --checkpoint-every {resources.checkpoint_every} --device {resources.device}"
+        " --checkpoint-every {resources.checkpoint_every} {resources.keep} --device {resources.device}"
         " --workers {resources.workers} --threads {threads}"
         " --out {output.model:q} --metrics {output.metrics:q} 2> {log:q}"
 

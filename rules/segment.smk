@@ -64,6 +64,7 @@ rule segment_train:
         # execution settings: resources, so that changing them reruns nothing
         workers=RESOURCES["segment_train"]["workers"],
         checkpoint_every=SEGMENT["checkpoint_every"],
+        keep=KEEP_CHECKPOINTS,
         device=SEGMENT["device"],
     params:
         code=code_fingerprint("maskdistill.commands.segment"),
@@ -80,7 +81,7 @@ rule segment_train:
         "maskdistill gpu-run --gpus {resources.gpu} --lock-dir {params.gpu_locks:q}"
         " --distributed -- maskdistill segment train --labels {input.labels:q}"
         " --pseudo-gt {input.pseudo_gt:q} {params.dataset} {params.flags}"
-        " --resume-dir {params.resume:q} --checkpoint-every {resources.checkpoint_every}"
+        " --resume-dir {params.resume:q} --checkpoint-every {resources.checkpoint_every} {resources.keep}"
         " --device {resources.device} --workers {resources.workers} --threads {threads}"
         " --out {output.model:q} --metrics {output.metrics:q} 2> {log:q}"
 
@@ -106,6 +107,7 @@ rule segment_probe:
         gpu=RESOURCES["segment_train"]["gpu"],
         workers=RESOURCES["segment_train"]["workers"],
         checkpoint_every=SEGMENT["checkpoint_every"],
+        keep=KEEP_CHECKPOINTS,
         device=SEGMENT["device"],
     params:
         code=code_fingerprint("maskdistill.commands.segment"),
@@ -120,7 +122,7 @@ rule segment_probe:
         "maskdistill gpu-run --gpus {resources.gpu} --lock-dir {params.gpu_locks:q}"
         " --distributed -- maskdistill segment probe --model {input.model:q}"
         " {params.dataset} {params.flags} --resume-dir {params.resume:q}"
-        " --checkpoint-every {resources.checkpoint_every} --device {resources.device}"
+        " --checkpoint-every {resources.checkpoint_every} {resources.keep} --device {resources.device}"
         " --workers {resources.workers} --threads {threads}"
         " --out {output.model:q} --metrics {output.metrics:q} 2> {log:q}"
 

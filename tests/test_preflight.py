@@ -17,7 +17,7 @@ from maskdistill.config import validate_config
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _voc_tree(root: Path, images: int = 3) -> Path:
+def _voc_tree(root: Path, images: int = 20) -> Path:
     (root / "JPEGImages").mkdir(parents=True)
     sets = root / "ImageSets" / "Segmentation"
     sets.mkdir(parents=True)
@@ -39,8 +39,12 @@ def config(tmp_path, monkeypatch) -> dict:
     return validate_config(base)
 
 
-def test_a_good_config_passes(config):
-    preflight.check_config(config)
+def test_a_good_config_passes_and_its_image_counts_are_known(config):
+    preflight.check_config(config)  # raises on any problem
+    assert preflight.image_count(config["dataset"]) == 20  # train + val, from the lists alone
+    assert preflight.split_count(config, ["train"]) == 19
+    assert preflight.split_count(config, ["val"]) == 1
+    assert preflight.backbone_heads(config["discover"]["backbone"], None) == 3  # the demo ViT
 
 
 @pytest.mark.parametrize(
@@ -52,7 +56,24 @@ def test_a_good_config_passes(config):
             lambda c, t: c["discover"].update(backbone="random:patch=8,width=48,heads=3", heads=4),
             r"'discover.heads': 4 heads .* has 3",
         ),
-        (lambda c, t: c["cluster"].update(k=5), r"'cluster.k': 5 x overcluster 1 .* only 3"),
+        (lambda c, t: c["cluster"].update(k=25), r"'cluster.k': 25 x overcluster 1 .* only 20"),
+        (
+            lambda c, t: c["segment"].update(train_splits=["val"]),
+            r"'segment.batch_size': a batch of 16 images, but the stage-5 training images has "
+            r"only 1",
+        ),
+        (lambda c, t: c["distill"].update(batch_size=21), r"'distill.batch_size': a batch of 21"),
+        (
+            lambda c, t: c["probe"].update(enabled=True, epochs=25, lr_epochs=[25]),
+            r"'probe.lr_epochs': \[25\] would never decay",
+        ),
+        (
+            lambda c, t: (
+                (t / "text.pth").write_text("hello")
+                and c["segment"].update(init=str(t / "text.pth"))
+            ),
+            r"'segment.init': .*text.pth is not a weights file",
+        ),
         (
             lambda c, t: c["discover"].update(backbone="vit_small_patch16_224.dino", heads=7),
             r"'discover.heads': 7 heads .* has 6",

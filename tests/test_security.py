@@ -258,13 +258,13 @@ def test_predicted_masks_are_pasted_one_at_a_time_as_torchvision_pastes_them():
 def tiny_segmentation_model(tmp_path: Path) -> Path:
     """A stage-5 model file of a tiny random ViT DeepLab (no training)."""
     from maskdistill.models.deeplab import DeepLabSettings, build_deeplab
-    from maskdistill.training import save_weights
+    from maskdistill.training import save_state
 
     values = {"arch": "vit", "init": "random:patch=8,width=16,depth=1,heads=2,img=32,seed=0",
               "freeze_layers": 0, "head_channels": 8}  # fmt: skip
     model, _ = build_deeplab(3, DeepLabSettings.from_config(values))
     path = tmp_path / "model.pth"
-    save_weights(path, model, values | {"num_outputs": 3, "size": 32}, {})
+    save_state(path, model.state_dict(), values | {"num_outputs": 3, "size": 32}, {})
     return path
 
 
@@ -285,6 +285,8 @@ def test_segment_predict_writes_only_inside_its_folder_for_hostile_split_lines(t
     assert files_under(tmp_path) - before == {
         tmp_path / "out" / "2007_000002.png",
         tmp_path / "out.skipped.tsv",
+        tmp_path / "out.legend.json",
+        tmp_path / "out.legend.png",
     }
     assert len((tmp_path / "out.skipped.tsv").read_text().splitlines()) == 3
     assert read_label_png(tmp_path / "out" / "2007_000002.png").shape == (6, 8)

@@ -374,3 +374,40 @@ def test_pixels_rotated_in_from_outside_the_image_are_background():
     assert all(int(c) == 0 for c in corners)  # background, trained on (not 255)
     assert set(label_map.unique().tolist()) == {0, 1, 2}
     assert float(tensor[:, 0, 0].max()) == 0.0 and float(tensor[:, 32, 32].min()) > 0.7
+
+
+# ---------------------------------------------------------------- prediction on new photos
+
+
+def test_predicting_into_an_existing_folder_stops_before_any_work_or_overwrites(tmp_path):
+    from maskdistill.training import save_state
+
+    values = {"arch": "vit", "init": TINY_VIT, "freeze_layers": 0, "head_channels": 8}
+    model, _ = build_deeplab(3, DeepLabSettings.from_config(values))
+    names = ["background", "cluster_00", "cluster_01"]
+    settings = values | {"num_outputs": 3, "size": 32, "label_names": names}
+    save_state(tmp_path / "model.pth", model.state_dict(), settings, {})
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.jpg", "b.png"):
+        Image.new("RGB", (40, 30), (90, 20, 200)).save(photos / name)
+    command = ["segment", "predict", "--model", str(tmp_path / "model.pth"), "--images",
+               str(photos), "--workers", "0", "--device", "cpu", "--no-progress", "--out",
+               str(tmp_path / "out")]  # fmt: skip
+    cli.main(command)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png"]
+    legend = json.loads((tmp_path / "out.legend.json").read_text())["labels"]
+    assert [entry["name"] for entry in legend] == names
+    assert [entry["colour"] for entry in legend[:2]] == [[0, 0, 0], [128, 0, 0]]  # VOC colours
+    assert read_label_png(tmp_path / "out.legend.png").max() == 2
+    stamp = (tmp_path / "out" / "a.png").stat().st_mtime_ns
+    with pytest.raises(SystemExit):  # an existing folder: nothing is computed, nothing lost
+        cli.main(command)
+    assert (tmp_path / "out" / "a.png").stat().st_mtime_ns == stamp
+    (tmp_path / "out" / "stale.png").write_bytes(b"old")
+    cli.main([*command, "--overwrite"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png"]
+    Image.new("RGB", (40, 30)).save(photos / "a.png")  # a.jpg and a.png: one a.png
+    with pytest.raises(SystemExit):
+        cli.main([*command[:-1], str(tmp_path / "clash")])
+    assert not (tmp_path / "clash").exists()

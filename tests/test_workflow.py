@@ -282,6 +282,27 @@ def test_a_second_experiment_reuses_the_discover_shards(demo):
     assert "results/exp2/cluster/pseudo_gt.json" in result.stdout
 
 
+def test_the_same_config_seed_and_threads_give_the_same_numbers(demo):
+    """Stages 2-5 run again as another run (discover's shards are shared): every metric, the
+    trained networks and every prediction are identical (one thread per job, as tiny.yaml)."""
+    snakemake(demo, "--cores", "2", *variant(demo, "again", run_name="again"))
+    first, again = demo / "results" / "tiny", demo / "results" / "again"
+    for report in sorted((first / "evaluate").glob("*.json")):
+        ours, theirs = (
+            json.loads(p.read_text()) for p in (report, again / "evaluate" / report.name)
+        )
+        for key in ("summary", "per_class_iou"):
+            assert ours.get(key) == theirs.get(key), (report.name, key)
+    for model in ("distill/model.pth", "segment/round-0/model.pth"):
+        a, b = (torch.load(root / model, weights_only=True)["model"] for root in (first, again))
+        assert all(torch.equal(a[k], b[k]) for k in a), model
+    predictions = json.loads((first / "distill" / "predictions.json").read_text())
+    assert predictions == json.loads((again / "distill" / "predictions.json").read_text())
+    for png in sorted((first / "segment").rglob("*.png")):
+        copy = again / png.relative_to(first)
+        assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(copy))), png
+
+
 def test_crf_rounds_and_the_probe_plan_every_network_and_its_scores(demo):
     if not crf_available():
         pytest.skip("pydensecrf2 is not installed (pip install '.[crf]')")
@@ -290,13 +311,13 @@ def test_crf_rounds_and_the_probe_plan_every_network_and_its_scores(demo):
         "crf",
         run_name="crf",  # a new run: every job of stages 2-5 is planned
         segment={"crf": True, "crf_rounds": 1},
-        probe={"enabled": True, "splits": ["train"], "epochs": 1, "batch_size": 2},
+        probe={"enabled": True, "splits": ["train"], "epochs": 1, "batch_size": 2, "lr_epochs": []},
     )
     jobs = planned_jobs(demo, *args)
     predictions = Counter(w.rsplit(", shard=", 1)[0] for r, w in jobs if r == "segment_predict")
     assert predictions == Counter(
         {
-            "net=round-0, mode=crf, split=learn": 2,  # the labels of round 1
+            "net=round-0, mode=crf, split=train": 2,  # the labels of round 1
             **{f"net={net}, mode={mode}, split=eval": 2
                for net in ("round-0", "round-1", "probe") for mode in ("labels", "crf")},
         }
@@ -497,13 +518,13 @@ def _fake_tree(root: Path, kind: str) -> dict:
     """An empty dataset tree of the preset's layout; returns the dataset paths to use."""
     images = root / kind / ("JPEGImages" if kind == "voc" else "images")
     images.mkdir(parents=True)
-    for seed, name in enumerate(["a.jpg", "b.jpg"]):
+    for seed, name in enumerate(["a.jpg", "b.jpg", "c.jpg"]):
         _write_image(images / name, seed)
     if kind == "voc":
         sets = root / kind / "ImageSets" / "Segmentation"
         sets.mkdir(parents=True)
-        (sets / "trainaug.txt").write_text("a\n")
-        (sets / "val.txt").write_text("b\n")
+        (sets / "trainaug.txt").write_text("a\nb\n")
+        (sets / "val.txt").write_text("c\n")
         return {"root": str(root / kind)}
     if kind == "coco":
         (root / kind / "instances.json").write_text('{"images": [], "annotations": []}')
@@ -535,7 +556,10 @@ def test_presets_are_valid_and_plan_the_full_method(tmp_path, repo, preset, eval
     )
     assert (distill["batch_size"], distill["lr"], distill["test_size"]) == (16, 0.02, 800)
     config["dataset"].update(_fake_tree(tmp_path / "data", config["dataset"]["kind"]))
-    config["cluster"]["k"] = 1  # the fake trees hold two images (K-means needs one per cluster)
+    config["cluster"]["k"] = 1  # the fake trees hold 2-3 images (K-means needs one per cluster)
+    small = {"distill": 2, "segment": 2, "probe": 2}  # batches the fake trees can fill
+    for section, batch in small.items():
+        config[section]["batch_size"] = batch
     datasets = 1
     if config["cluster"]["support_dataset"] is not None:  # voc12: VOC07 trainval, discovered too
         support = config["cluster"]["support_dataset"]
@@ -560,3 +584,101 @@ def test_presets_are_valid_and_plan_the_full_method(tmp_path, repo, preset, eval
         expected.update(segment_train=1, segment_probe=1, segment_predict=6 * shards)
         expected.update(evaluate_segment=5)
     assert jobs == expected
+
+
+def _command_flags(text: str, command: str) -> str:
+    """The first shell line of a dry run (``-p``) that runs ``maskdistill <command>``."""
+    return next(line for line in text.splitlines() if f"maskdistill {command} " in line)
+
+
+@pytest.mark.parametrize("preset", ["voc12", "coco20k", "folder"])
+def test_a_preset_stands_alone_on_the_schema_defaults(tmp_path, repo, preset):
+    """The demo's config.yaml lies in the workflow folder, the preset comes with --configfile:
+    no setting of the planned jobs comes from config.yaml."""
+    from maskdistill.workflow import cli_flags
+
+    demo = yaml.safe_load((repo / "config.yaml").read_text())
+    workspace = make_workspace(tmp_path / "workflow", demo)
+    chosen = yaml.safe_load((repo / "configs" / f"{preset}.yaml").read_text())
+    chosen["dataset"].update(_fake_tree(tmp_path / "data", chosen["dataset"]["kind"]))
+    chosen["cluster"] = {**chosen["cluster"], "k": 1, "support_dataset": None}
+    for section in ("distill", "segment", "probe"):
+        chosen[section] = {**chosen.get(section, {}), "batch_size": 2}
+    chosen["segment"]["crf"], chosen["segment"]["crf_rounds"] = False, 0
+    (workspace / "preset.yaml").write_text(yaml.safe_dump(chosen))
+    effective = validate_config(json.loads(json.dumps(chosen)))
+    for section in ("distill", "segment"):
+        init = effective[section]["init"]
+        if init != "none":  # the preset's MoCo v2 file, which the user downloads
+            (workspace / init).parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"state_dict": {}}, workspace / init)
+    result = snakemake(workspace, "-n", "-p", "--cores", "1", "--configfile", "preset.yaml")
+    text = result.stdout
+    for section, command in (("distill", "distill train"), ("segment", "segment train")):
+        line = _command_flags(text, command)
+        leaked = []
+        for key, demo_value in demo[section].items():
+            value = effective[section][key]
+            flag = cli_flags({key: value})
+            if flag and f" {flag}" in line:
+                continue
+            if demo_value != value and f" {cli_flags({key: demo_value})} " in line + " ":
+                leaked.append(key)
+        assert not leaked, f"{section} settings from config.yaml: {leaked}"
+        assert f"--lr {effective[section]['lr']}" in line
+    assert f"--fpn-channels {effective['distill']['fpn_channels']}" in text  # 256, not 64
+    assert "--clip-grad 0" in _command_flags(text, "distill train")  # not the demo's 10
+
+
+def _folder_workspace(tmp_path: Path, count: int, **sections) -> Path:
+    config = tiny_config(
+        demo_data={"generate": False},
+        dataset={"kind": "folder", "root": "images", "eval_split": None},
+        cluster={"k": 2},
+        **sections,
+    )
+    workspace = make_workspace(tmp_path / "workflow", config)
+    (workspace / "images").mkdir()
+    for seed in range(count):
+        _write_image(workspace / "images" / f"img{seed:02d}.png", seed)
+    return workspace
+
+
+def test_on_bad_image_error_after_skip_fails_the_dry_run_naming_the_file(tmp_path):
+    workspace = _folder_workspace(tmp_path, 6, on_bad_image="skip")
+    (workspace / "images" / "broken.png").write_bytes(b"not a png")
+    result = snakemake(workspace, "-n", "--cores", "1")
+    shards = sorted({w for w in result.stdout.split() if w.endswith(".h5")})
+    snakemake(workspace, "--cores", "2", *shards)  # discover only, under skip
+    config = yaml.safe_load((workspace / "config.yaml").read_text()) | {"on_bad_image": "error"}
+    write_config(workspace, config)
+    result = snakemake(workspace, "-n", "--cores", "1", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "broken.png" in output
+    assert "set on_bad_image: skip" in output and "delete" in output
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"segment": {"batch_size": 16}}, "config key 'segment.batch_size': a batch of 16"),
+        ({"distill": {"batch_size": 16}}, "config key 'distill.batch_size': a batch of 16"),
+        ({"segment": {"epochs": 3, "lr_epochs": [2]}}, "config key 'segment.lr_epochs'"),
+    ],
+)
+def test_batches_and_schedules_that_cannot_work_fail_the_dry_run(tmp_path, sections, message):
+    workspace = _folder_workspace(tmp_path, 10, **sections)
+    result = snakemake(workspace, "-n", "--cores", "1", check=False)
+    assert result.returncode != 0 and message in result.stdout + result.stderr
+
+
+def test_a_text_file_as_weights_fails_the_dry_run_and_the_old_model_survives(demo, tmp_path):
+    fake = tmp_path / "weights.pth"
+    fake.write_text("this is not a checkpoint\n")
+    model = demo / "results" / "tiny" / "segment" / "round-0" / "model.pth"
+    before = model.read_bytes()
+    args = variant(demo, "textinit", segment={"init": str(fake)})
+    result = snakemake(demo, "--cores", "1", *args, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "config key 'segment.init'" in output
+    assert "not a weights file" in output and model.read_bytes() == before

@@ -25,6 +25,11 @@ from maskdistill.commands.dataset_args import (
     shard_records,
 )
 from maskdistill.commands.settings_args import add_settings_arguments, settings_from_args
+from maskdistill.commands.training_job import (
+    add_training_arguments,
+    finish_training,
+    weights_saver,
+)
 from maskdistill.config import defaults
 from maskdistill.io import read_json, write_json
 
@@ -43,24 +48,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train = sub.add_parser("train", help="train Mask R-CNN on the pseudo ground truth")
     predict = sub.add_parser("predict", help="scored masks for one shard of images")
     merge = sub.add_parser("merge", help="join the shards' predictions")
+    predict.add_argument("--out", required=True, help="the shard's predictions (JSON)")
     for command in (train, predict):
         command.add_argument("--pseudo-gt", required=True, help="stage-2 COCO JSON")
         add_dataset_arguments(command)
-        command.add_argument("--out", required=True)
         command.add_argument("--device", choices=DEVICES, default=defaults("distill")["device"])
         command.add_argument("--threads", type=int, default=None, help="torch CPU threads")
         command.add_argument("--workers", type=int, default=2, help="image-loading processes")
         command.add_argument("--no-progress", dest="progress", action="store_false")
     add_settings_arguments(train, "distill", SETTINGS, "network and schedule (docs/method.md)")
-    train.add_argument("--resume-dir", required=True, help="folder of the rolling checkpoint")
-    train.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=defaults("distill")["checkpoint_every"],
-        help="iterations",
-    )
-    train.add_argument("--metrics", required=True, help="per-iteration metrics (JSON lines)")
-    train.add_argument("--no-resume", action="store_true", help="start from iteration 0")
+    add_training_arguments(train, "distill", "iteration")
     train.set_defaults(_run=run_train)
     predict.add_argument("--model", required=True, help="the trained network (distill train)")
     predict.add_argument("--shard", type=int, default=0)
@@ -99,7 +96,7 @@ def run_train(args: argparse.Namespace) -> None:
     from maskdistill.models.maskrcnn import MaskRCNNSettings, build_maskrcnn
     from maskdistill.provenance import provenance
     from maskdistill.runtime import resolve_device, set_threads
-    from maskdistill.training import resume_files, save_weights, seeded
+    from maskdistill.training import resume_files, seeded
 
     device = resolve_device(args.device)
     world = distributed.init(device)
@@ -128,9 +125,8 @@ def run_train(args: argparse.Namespace) -> None:
         progress=args.progress,
     )
     if world.main:
-        save_weights(args.out, trained, run_settings, {"provenance": provenance()})
-        shutil.copyfile(metrics, args.metrics)
-        log.info("wrote %s and %s", args.out, args.metrics)
+        saver = weights_saver(trained.state_dict(), run_settings, {"provenance": provenance()})
+        finish_training(args, saver, metrics)
     distributed.close(world)
 
 
@@ -157,7 +153,7 @@ def run_train_detectron2(args: argparse.Namespace) -> None:
     from maskdistill.distill import detectron2
     from maskdistill.provenance import provenance
     from maskdistill.runtime import resolve_device, set_threads
-    from maskdistill.training import MetricsLog, resume_files, save_state
+    from maskdistill.training import MetricsLog, resume_files
 
     if not detectron2.available():
         raise ValueError(f"distill.backend: detectron2 is not installed: {detectron2.INSTALL}")
@@ -180,11 +176,10 @@ def run_train_detectron2(args: argparse.Namespace) -> None:
     else:
         state = detectron2.train(cfg, data.images, resume=not args.no_resume).state_dict()
     extra = {"provenance": provenance(), "backend": "detectron2", "detectron2": cfg.dump()}
-    save_state(args.out, state, run_settings, extra)
     log_file = MetricsLog(args.metrics)
     for record in detectron2.metrics_records(output_dir / "metrics.json"):
         log_file.write(record)
-    log.info("wrote %s and %s", args.out, args.metrics)
+    finish_training(args, weights_saver(state, run_settings, extra), None)
 
 
 def _torchvision_predictions(args, payload, device, mine, image_ids, skipped):

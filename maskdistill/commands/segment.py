@@ -18,8 +18,9 @@ import argparse
 import dataclasses
 import hashlib
 import logging
-import shutil
 from pathlib import Path
+
+import numpy as np
 
 from maskdistill import distributed
 from maskdistill.commands.dataset_args import (
@@ -28,12 +29,17 @@ from maskdistill.commands.dataset_args import (
     shard_records,
 )
 from maskdistill.commands.settings_args import add_settings_arguments, settings_from_args
+from maskdistill.commands.training_job import (
+    add_training_arguments,
+    finish_training,
+    weights_saver,
+)
 from maskdistill.config import defaults
 from maskdistill.data import Dataset, ImageRecord
 from maskdistill.evaluation import index_annotations
 from maskdistill.images import ON_BAD_IMAGE, write_skipped
-from maskdistill.io import atomic_path, read_json
-from maskdistill.masks import label_png_path, write_label_png
+from maskdistill.io import atomic_path, read_json, write_json
+from maskdistill.masks import label_png_path, voc_palette, write_label_png
 from maskdistill.models.deeplab import DeepLabSettings, build_deeplab
 from maskdistill.names import check_collisions
 from maskdistill.progress import Progress
@@ -43,7 +49,7 @@ from maskdistill.segment.crf import CRFSettings
 from maskdistill.segment.data import Augmentation, SegmentationDataset, labelled_images
 from maskdistill.segment.predict import predict_label_maps
 from maskdistill.segment.train import EpochSchedule, probe_network, train_epochs
-from maskdistill.training import load_weights, resume_files, save_weights, seeded
+from maskdistill.training import load_weights, resume_files, seeded
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         command.add_argument("--workers", type=int, default=2, help="image-loading processes")
         command.add_argument("--no-progress", dest="progress", action="store_false")
     for command in (train, probe):
-        command.add_argument("--out", required=True, help="the trained network (.pth)")
-        command.add_argument("--metrics", required=True, help="per-step metrics (JSON lines)")
-        command.add_argument("--resume-dir", required=True, help="folder of the checkpoint")
-        command.add_argument(
-            "--checkpoint-every",
-            type=int,
-            default=defaults("segment")["checkpoint_every"],
-            help="steps",
-        )
-        command.add_argument("--no-resume", action="store_true", help="start from step 0")
+        add_training_arguments(command, "segment", "step")
         add_settings_arguments(command, "segment", AUGMENTATION, "augmentation")
     train.add_argument("--labels", nargs="+", required=True, help="folders of label PNGs")
     train.add_argument("--pseudo-gt", required=True, help="stage-2 COCO JSON (the K clusters)")
@@ -93,6 +90,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings_arguments(predict, "segment", CRF, "dense CRF (with --crf)")
     predict.add_argument("--on-bad-image", choices=ON_BAD_IMAGE, default="error")
     predict.add_argument("--out", required=True, help="folder of label PNGs to create")
+    predict.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out folder (without it, an existing one stops the command "
+        "before any work)",
+    )
     predict.set_defaults(_run=run_predict)
 
 
@@ -139,9 +142,8 @@ def _train(
         progress=args.progress,
     )
     if world.main:
-        save_weights(args.out, trained, run_settings, {"provenance": provenance()})
-        shutil.copyfile(metrics, args.metrics)
-        log.info("wrote %s and %s", args.out, args.metrics)
+        saver = weights_saver(trained.state_dict(), run_settings, {"provenance": provenance()})
+        finish_training(args, saver, metrics)
     distributed.close(world)
 
 
@@ -151,16 +153,19 @@ def run_train(args: argparse.Namespace) -> None:
     world = distributed.init(device)
     device = world.device(device)
     set_threads(args.threads)
-    _, num_clusters = index_annotations(read_json(args.pseudo_gt), args.pseudo_gt)
+    pseudo_gt = read_json(args.pseudo_gt)
+    _, num_clusters = index_annotations(pseudo_gt, args.pseudo_gt)
     items, missing = labelled_images(open_dataset_from_args(args).records(), args.labels)
     log.info("%d images with label maps (%d without, left out)", len(items), len(missing))
     if not items:
         raise ValueError(f"no label PNG for the images of {args.images} in {args.labels}")
     schedule = EpochSchedule.from_config(vars(args))
     network = DeepLabSettings.from_config(vars(args))
+    categories = pseudo_gt["categories"]
     run_settings = {
         **settings_from_args(args, NETWORK + AUGMENTATION + SCHEDULE),
         "num_outputs": num_clusters + 1,
+        "label_names": ["background", *(str(c.get("name", c["id"])) for c in categories)],
         "labels_sha256": _digest([item.labels for item in items]),
     }
     with seeded(schedule.seed):
@@ -209,13 +214,19 @@ def run_probe(args: argparse.Namespace) -> None:
         "probe_of": hashlib.sha256(Path(args.model).read_bytes()).hexdigest(),
         "num_outputs": num_classes,
         "supervised": True,  # predicts ground-truth classes
+        "label_names": ["background", *dataset.class_names],
         "probe_splits": args.splits,
     }
     _train(args, model, items, norm, run_settings, schedule, "probe", world, device)
 
 
 def run_predict(args: argparse.Namespace) -> None:
-    """Label PNGs of one shard of the dataset's images."""
+    """Label PNGs of one shard of the dataset's images, and their legend."""
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ValueError(
+            f"--out {out} exists: pass --overwrite to replace it, or choose another folder"
+        )
     device = resolve_device(args.device)
     set_threads(args.threads)
     payload = load_weights(args.model)
@@ -250,4 +261,30 @@ def run_predict(args: argparse.Namespace) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_label_png(path, labels)
     write_skipped(f"{str(args.out).rstrip('/')}.skipped.tsv", skipped)
-    log.info("wrote %d label maps to %s", len(records) - len(skipped), args.out)
+    legend = write_legend(out, label_names(settings))
+    log.info("wrote %d label maps to %s, their legend to %s", len(records) - len(skipped),
+             args.out, legend)  # fmt: skip
+
+
+def label_names(settings: dict) -> list[str]:
+    """What each label value of a network's maps means: background, then its clusters (or, for a
+    linear probe, the ground-truth classes it was trained on)."""
+    names = settings.get("label_names")
+    if names:
+        return list(names)
+    return ["background"] + [f"cluster_{k:02d}" for k in range(settings["num_outputs"] - 1)]
+
+
+def write_legend(folder: Path, names: list[str]) -> Path:
+    """``<folder>.legend.json`` (label -> name and VOC colour) and ``<folder>.legend.png`` (a
+    strip of the colours, one cell per label), next to the folder of label maps."""
+    palette = voc_palette()
+    entries = [
+        {"label": k, "name": name, "colour": palette[3 * k : 3 * k + 3]}
+        for k, name in enumerate(names)
+    ]
+    base = str(folder).rstrip("/")
+    write_json(f"{base}.legend.json", {"labels": entries})
+    strip = np.repeat(np.repeat(np.arange(len(names))[None], 24, 0), 24, 1)
+    write_label_png(f"{base}.legend.png", strip)
+    return Path(f"{base}.legend.json")

@@ -124,7 +124,9 @@ def sheet_data(args: argparse.Namespace, dataset: Dataset, records: list[ImageRe
     for record in records:
         selected_path = label_png_path(args.selected, record.file_name) if args.selected else None
         # stage 4 writes no map for an image without predictions: an empty panel
-        selected = read_label_png(selected_path) if selected_path and selected_path.is_file() else None
+        selected = (
+            read_label_png(selected_path) if selected_path and selected_path.is_file() else None
+        )
         data.append(
             visualize.ImageData(
                 file_name=record.file_name,

@@ -33,7 +33,7 @@ def open_dataset(spec: Mapping, splits: Sequence[str] | None = None) -> Dataset:
     if kind not in KINDS:
         raise ValueError(f"dataset.kind: expected one of {KINDS}, got {kind!r}")
     if not spec.get("root"):
-        raise ValueError(f"dataset.root: the {kind} kind needs a root folder")
+        raise ValueError(f"dataset.root (--images): the {kind} kind needs a root folder")
     if kind == "folder":
         return FolderDataset(spec["root"])
     if kind == "voc":

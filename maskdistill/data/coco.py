@@ -122,10 +122,12 @@ class CocoDataset(Dataset):
         if not self.image_root.is_dir():
             raise FileNotFoundError(
                 f"{self.image_root}: no such folder (dataset kind 'coco' expects the image "
-                "folder, e.g. train2014, as dataset.root)"
+                "folder, e.g. train2014, as dataset.root or --images)"
             )
         if not annotations:
-            raise ValueError("dataset.annotations: the coco kind needs an instances JSON file")
+            raise ValueError(
+                "dataset.annotations (--annotations): the coco kind needs an instances JSON file"
+            )
         self.annotations = Path(annotations)
         if not self.annotations.is_file():
             raise FileNotFoundError(f"{self.annotations}: no such COCO instances JSON file")

@@ -45,7 +45,7 @@ class FolderDataset(Dataset):
         if not self.image_root.is_dir():
             raise FileNotFoundError(
                 f"{self.image_root}: no such folder (dataset kind 'folder' expects a folder of "
-                "images as dataset.root)"
+                "images as dataset.root or --images)"
             )
         self._records: list[ImageRecord] | None = None
 

@@ -97,7 +97,9 @@ class VocDataset(Dataset):
         imagesets: str = "Segmentation",
     ) -> None:
         self.root = Path(root)
-        _require_dir(self.root, "a VOC dataset folder such as VOCdevkit/VOC2012 as dataset.root")
+        _require_dir(
+            self.root, "a VOC dataset folder such as VOCdevkit/VOC2012 as dataset.root or --images"
+        )
         self.image_root = self.root / "JPEGImages"
         _require_dir(self.image_root, f"the VOC images folder JPEGImages below {self.root}")
         split_dir = self.root / "ImageSets" / imagesets

@@ -35,6 +35,7 @@ from maskdistill.io import atomic_path
 from maskdistill.loader import image_batches
 from maskdistill.names import unsafe_reason
 from maskdistill.preflight import check_pickle
+from maskdistill.runtime import loader_workers
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +227,7 @@ def build_config(
     cfg.SOLVER.CHECKPOINT_PERIOD = checkpoint_every
     cfg.SEED = settings["seed"]
     cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (DATASET_NAME,), ()
-    cfg.DATALOADER.NUM_WORKERS = workers
+    cfg.DATALOADER.NUM_WORKERS = loader_workers(workers)
     cfg.TEST.EVAL_PERIOD = 0
     cfg.OUTPUT_DIR = str(output_dir)
     return cfg

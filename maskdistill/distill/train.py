@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from maskdistill.distill.data import DistillDataset, step_batches
 from maskdistill.distributed import World, unwrap, wrap
-from maskdistill.runtime import training_precision
+from maskdistill.runtime import loader_workers, training_precision
 from maskdistill.training import (
     MetricsLog,
     load_checkpoint,
@@ -190,7 +190,11 @@ def train_maskrcnn(
     ddp_model.train()
     sampler = StepSampler(dataset, settings, world, start, stop)
     loader = DataLoader(
-        dataset, batch_sampler=sampler, num_workers=workers, collate_fn=list, pin_memory=False
+        dataset,
+        batch_sampler=sampler,
+        num_workers=loader_workers(workers),
+        collate_fn=list,
+        pin_memory=False,
     )
     batches = (
         (step, _on_device(samples, device))

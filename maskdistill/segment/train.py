@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from maskdistill.distributed import World, unwrap, wrap
 from maskdistill.masks import IGNORE
-from maskdistill.runtime import training_precision
+from maskdistill.runtime import loader_workers, training_precision
 from maskdistill.segment.data import SegmentationDataset, epoch_order
 from maskdistill.segment.loss import ohem_cross_entropy
 from maskdistill.training import (
@@ -184,7 +184,9 @@ def train_epochs(
     ddp_model = wrap(model, world, device)
     ddp_model.train()
     sampler = EpochSampler(len(dataset), schedule, world, start, stop)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=list)
+    loader = DataLoader(
+        dataset, batch_sampler=sampler, num_workers=loader_workers(workers), collate_fn=list
+    )
     batches = (
         (step, _on_device(samples, device))
         for (step, _), samples in zip(sampler.steps(), loader, strict=True)
