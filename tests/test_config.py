@@ -39,3 +39,25 @@ def test_bad_yaml_names_the_file(tmp_path):
     path.write_text("run_name: [unclosed\n")
     with pytest.raises(ValueError, match="broken.yaml"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("section", "name", "value"),
+    [
+        ("segment", "lr_epochs", []),
+        ("segment", "lr_epochs", [3, 7]),
+        ("segment", "scale_range", [0.5, 2.0]),
+    ],
+)
+def test_list_settings_round_trip_through_the_command_line(section, name, value):
+    """What a rule writes with cli_flags parses back to the config value, an empty list too."""
+    import argparse
+    import shlex
+
+    from maskdistill.commands.settings_args import add_settings_arguments
+    from maskdistill.workflow import cli_flags
+
+    parser = argparse.ArgumentParser()
+    add_settings_arguments(parser, section, [name, "epochs"])
+    args = parser.parse_args(shlex.split(cli_flags({name: value, "epochs": 9})))
+    assert (getattr(args, name), args.epochs) == (value, 9)

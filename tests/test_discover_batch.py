@@ -397,6 +397,7 @@ def test_workflow_reruns_only_a_missing_shard(repo, images, tmp_path):
     config["discover"]["backbone"] = str(repo / config["discover"]["backbone"])
     for section in ("distill", "segment"):
         config[section]["init"] = str(repo / config[section]["init"])
+        config[section]["batch_size"] = len(SIZES)  # no larger than the folder
 
     fast_path = f"{no_slurm_client(tmp_path / '.no-slurm')}{os.pathsep}{os.environ['PATH']}"
 

@@ -295,9 +295,9 @@ def test_cli_trains_predicts_merges_and_evaluates(tmp_path):
     cli.main(["distill", "train", "--pseudo-gt", str(tmp_path / "pgt.json"), *voc,
               "--splits", "train", "val", *tiny, "--resume-dir", str(tmp_path / "resume"),
               "--out", str(tmp_path / "model.pth"), "--metrics", str(tmp_path / "m.jsonl"),
-              "--workers", "0", "--device", "cpu"])  # fmt: skip
+              "--workers", "0", "--device", "cpu", "--keep-checkpoints"])  # fmt: skip
     assert len((tmp_path / "m.jsonl").read_text().splitlines()) == 2
-    assert len(list((tmp_path / "resume").glob("checkpoint-*.pth"))) == 1
+    (kept,) = (tmp_path / "resume").glob("checkpoint-*.pth")
     for shard in (0, 1):
         cli.main(["distill", "predict", "--model", str(tmp_path / "model.pth"),
                   "--pseudo-gt", str(tmp_path / "pgt.json"), *voc, "--splits", "train", "val",
@@ -324,7 +324,8 @@ def test_cli_trains_predicts_merges_and_evaluates(tmp_path):
               "--splits", "train", "val", *tiny, "--resume-dir", str(tmp_path / "resume"),
               "--out", str(tmp_path / "model.pth"), "--metrics", str(tmp_path / "m.jsonl"),
               "--workers", "0", "--device", "cpu"])  # fmt: skip
-    assert len(list((tmp_path / "resume").glob("checkpoint-*.pth"))) == 1
+    # the old key's checkpoint went when the new run started, the new one when it finished
+    assert not kept.exists() and not (tmp_path / "resume").exists()
 
 
 def _train_command(scenes, out: Path, processes: int) -> list[str]:

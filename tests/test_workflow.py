@@ -375,11 +375,12 @@ def test_names_with_braces_plan_and_hostile_split_lines_fail_the_dry_run(tmp_pat
     assert "2 image names under images hold braces" in result.stderr
     # a VOC split line naming a file outside the dataset: the dry run names the file and line
     voc = tmp_path / "voc"
-    for split, lines in {"train": ["x"], "val": ["x", "/home/me/photos/victim"]}.items():
+    for split, lines in {"train": ["x", "y"], "val": ["x", "/home/me/photos/victim"]}.items():
         (voc / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
         (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(lines))
     (voc / "JPEGImages").mkdir()
-    _write_image(voc / "JPEGImages" / "x.jpg", 0)
+    for seed, name in enumerate(["x", "y"]):  # two: the tiny batches hold two images
+        _write_image(voc / "JPEGImages" / f"{name}.jpg", seed)
     dataset = {"kind": "voc", "root": str(voc), "learn_splits": ["train"], "eval_split": None}
     write_config(workspace, tiny_config(demo_data={"generate": False}, dataset=dataset,
                                         cluster={"k": 1}))  # fmt: skip

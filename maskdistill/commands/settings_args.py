@@ -34,7 +34,9 @@ def add_settings_arguments(
         if kind == "boolean":
             kwargs["action"] = argparse.BooleanOptionalAction
         elif kind == "array":
-            kwargs.update(nargs="+", type=_TYPES[spec["items"]["type"]])
+            # an array that may be empty takes no values: ``--lr-epochs`` alone is []
+            nargs = "+" if spec.get("minItems", 0) >= 1 else "*"
+            kwargs.update(nargs=nargs, type=_TYPES[spec["items"]["type"]])
         else:
             kwargs["type"] = _TYPES[kind]
             if "enum" in spec:
