@@ -8,7 +8,7 @@ CORES ?= 2
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test lint dry-run clean
+.PHONY: demo test test-fast lint dry-run clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: $(VENV)/.installed
 ## test: lint, then the test suite
 test: lint $(VENV)/.crf-installed
 	pytest -q
+
+## test-fast: lint, then the tests not marked slow or slurm (day-to-day work; under 2 minutes)
+test-fast: lint $(VENV)/.crf-installed
+	pytest -q -m "not slow and not slurm"
 
 lint: $(VENV)/.installed
 	ruff check maskdistill tests benchmarks

@@ -69,7 +69,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             formatter_class=HelpFormatter,
         )
         module.add_arguments(sub)
-        sub.set_defaults(_run=module.run)
+        if hasattr(module, "run"):  # a command with subcommands sets _run on each of them
+            sub.set_defaults(_run=module.run)
     return parser
 
 

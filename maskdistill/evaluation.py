@@ -16,8 +16,9 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from maskdistill.coco_files import annotation_mask
 from maskdistill.data import Dataset, ImageRecord
-from maskdistill.masks import decode_rle, mask_annotation, paint_label_map
+from maskdistill.masks import mask_annotation, paint_label_map
 from maskdistill.metrics import box_class, confusion_matrix, corloc_hit, match_labels
 from maskdistill.progress import Progress
 from maskdistill.provenance import provenance
@@ -78,51 +79,6 @@ def corloc(
     if not scored:
         raise ValueError(f"{dataset.image_root}: no image to score has a ground-truth box")
     return CorLoc(hits, scored, missing, without_boxes)
-
-
-def index_annotations(coco: Mapping[str, Any], source: str) -> tuple[dict[str, list[dict]], int]:
-    """file name -> the image's annotations (JSON order), and the number of categories.
-
-    Checks that every ``category_id`` lies in 1..number of categories.
-
-    Raises:
-        ValueError: naming ``source`` (the JSON's path) for a malformed COCO dict.
-    """
-    try:
-        names = {image["id"]: image["file_name"] for image in coco["images"]}
-        num_categories = len(coco["categories"])
-        by_name: dict[str, list[dict]] = {name: [] for name in names.values()}
-        for ann in coco["annotations"]:
-            if not 1 <= ann["category_id"] <= num_categories:
-                raise ValueError(
-                    f"{source}: annotation {ann.get('id')} has category_id {ann['category_id']}, "
-                    f"expected 1..{num_categories} (1 + cluster index)"
-                )
-            by_name[names[ann["image_id"]]].append(ann)
-        return by_name, num_categories
-    except (KeyError, TypeError) as error:
-        raise ValueError(f"{source}: not a COCO instances JSON ({error!r} missing)") from error
-
-
-def one_per_image(annotations: Mapping[str, list[dict]], source: str) -> dict[str, dict]:
-    """file name -> the image's single annotation (images without one are left out).
-
-    Raises ValueError naming ``source`` when an image has more than one (stage 2 writes one).
-    """
-    single = {}
-    for name, anns in annotations.items():
-        if len(anns) > 1:
-            raise ValueError(f"{source}: image {name!r} has more than one annotation")
-        if anns:
-            single[name] = anns[0]
-    return single
-
-
-def annotation_mask(ann: Mapping[str, Any], record: ImageRecord, source: str) -> np.ndarray:
-    """The bool (H, W) mask of an annotation, checked against the image's size."""
-    return decode_rle(
-        ann["segmentation"], (record.height, record.width), f"{source}: {record.file_name!r}"
-    )
 
 
 def pseudo_label_map(
@@ -274,22 +230,3 @@ def mask_ap50(ground_truth: Mapping[str, Any], predictions: Iterable[Mapping[str
         evaluator.accumulate()
         evaluator.summarize()
     return float(max(evaluator.stats[1], 0.0))  # stats[1]: AP at IoU 0.50, all areas
-
-
-def most_confident(predictions: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The single best-scoring prediction of each image (the "single" protocol)."""
-    best: dict[str, Mapping[str, Any]] = {}
-    for p in predictions:
-        if p["file_name"] not in best or p["score"] > best[p["file_name"]]["score"]:
-            best[p["file_name"]] = p
-    return list(best.values())
-
-
-def by_image(predictions: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
-    """file name -> the image's predictions in descending score."""
-    grouped: dict[str, list[Mapping[str, Any]]] = {}
-    for p in predictions:
-        grouped.setdefault(p["file_name"], []).append(p)
-    for group in grouped.values():
-        group.sort(key=lambda p: -p["score"])
-    return grouped

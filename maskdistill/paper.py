@@ -11,6 +11,4 @@ VOC12_MIOU = {
     "linear probe": 58.7,
     "linear probe with CRF": 62.8,
 }
-# class-agnostic mask AP50 (%) of Mask R-CNN, single / multi
-MASK_AP50 = {"voc12": {"single": 35.5, "multi": 26.0}, "coco20k": {"single": 15.3, "multi": 8.0}}
 PAPERS = {"voc12": VOC12_MIOU}

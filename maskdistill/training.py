@@ -1,4 +1,5 @@
-"""What every training stage shares: checkpoints, resume, schedules, EMA, metrics logs, seeding.
+"""What every training stage shares: the resumable loop (:func:`fit`), checkpoints, schedules,
+EMA, metrics logs, seeding.
 
 Reproducibility contract of the training loops built on this module: every random draw of step
 ``s`` comes from generators seeded by ``(seed, s)`` (:func:`step_generators`, :func:`seed_step`)
@@ -29,10 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
+from maskdistill.distributed import World, unwrap, wrap
 from maskdistill.io import atomic_path, read_json_lines
 from maskdistill.progress import Progress
-from maskdistill.runtime import autocast
+from maskdistill.runtime import autocast, loader_workers, training_precision
 
 log = logging.getLogger(__name__)
 
@@ -394,6 +397,122 @@ def run_steps(
                 if done % checkpoint_every == 0 or done == stop:
                     save(done)
             bar.update()
+
+
+class StepSampler:
+    """A DataLoader batch sampler over the steps ``start`` .. ``stop - 1`` of a training run.
+
+    Subclasses define :meth:`steps`; each batch is a list of keys (image index, step), so that a
+    dataset can draw the augmentation of an image from generators seeded by its step.
+    """
+
+    start: int
+    stop: int
+
+    def steps(self) -> Iterator[tuple[int, list[int]]]:
+        """(step, this process's image indices) for the steps ``start`` .. ``stop - 1``."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step, indices in self.steps():
+            yield [(index, step) for index in indices]
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    dataset: Dataset,
+    *,
+    sampler: Callable[[int, int], StepSampler],
+    total_steps: int,
+    to_device: Callable[[list, torch.device], Any],
+    loss_fn: Callable[[nn.Module, Any], Mapping[str, torch.Tensor]],
+    lr_at: Callable[[int], float],
+    amp: bool,
+    clip_grad: float,
+    seed: int,
+    stage: str,
+    run_settings: Mapping[str, Any],
+    checkpoint: str | Path,
+    checkpoint_every: int,
+    resume: bool,
+    metrics_log: str | Path | None,
+    device: torch.device,
+    world: World,
+    workers: int = 0,
+    progress: bool = True,
+    stop_after: int | None = None,
+    sync_batchnorm: bool = False,
+) -> nn.Module:
+    """Train ``model`` for ``total_steps`` steps, resuming from ``checkpoint``; return it trained.
+
+    The one resumable training job of the stages (stage 3, stage 5, the linear probe): resume
+    (network, optimiser, gradient scaler and RNG states; refused when ``run_settings`` differ),
+    DDP over ``world``, the data loader, :func:`run_steps`, and a full checkpoint every
+    ``checkpoint_every`` steps and at the end. A stage supplies what differs: its dataset and
+    ``sampler(start, stop)``, ``to_device(samples, device)`` (a batch for ``loss_fn``), its loss
+    and its learning rate ``lr_at(step)``.
+
+    Args:
+        stop_after: stop (with a checkpoint) once this many steps are done, for time-sliced
+            runs; the schedule stays that of ``total_steps``.
+        sync_batchnorm: batch-norm statistics over all processes (DeepLab's BatchNorm).
+    """
+    checkpoint = Path(checkpoint)
+    precision = training_precision(device, amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision != "fp32")
+    start = 0
+    if resume and checkpoint.exists():
+        payload = load_checkpoint(checkpoint, run_settings)
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scaler.load_state_dict(payload["scaler"])
+        restore_rng(payload)
+        start = int(payload["step"])
+        log.info("resumed from %s at step %d", checkpoint, start)
+    stop = total_steps if stop_after is None else min(stop_after, total_steps)
+    if sync_batchnorm and world.size > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ddp_model = wrap(model, world, device)
+    ddp_model.train()
+    steps = sampler(start, stop)
+    loader = DataLoader(
+        dataset, batch_sampler=steps, num_workers=loader_workers(workers), collate_fn=list
+    )
+    batches = (
+        (step, to_device(samples, device))
+        for (step, _), samples in zip(steps.steps(), loader, strict=True)
+    )
+
+    def save(done: int) -> None:
+        states = {"model": unwrap(ddp_model).state_dict(), "optimizer": optimizer.state_dict()}
+        states["scaler"] = scaler.state_dict()
+        save_checkpoint(checkpoint, step=done, settings=run_settings, states=states)
+
+    run_steps(
+        ddp_model,
+        optimizer,
+        batches,
+        loss_fn,
+        lr_at=lr_at,
+        stop=stop,
+        start=start,
+        save=save,
+        checkpoint_every=checkpoint_every,
+        metrics=MetricsLog(metrics_log if world.main else None, start_step=start),
+        scaler=scaler,
+        device=device,
+        precision=precision,
+        clip_grad=clip_grad,
+        seed=seed,
+        rank=world.rank,
+        stage=stage,
+        progress=progress,
+    )
+    return unwrap(ddp_model)
 
 
 def save_state(

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from prediction_checks import check_predictions
 
-from maskdistill import cli, evaluation
+from maskdistill import cli, coco_files, evaluation
 from maskdistill.config import defaults
 from maskdistill.data import open_dataset
 from maskdistill.distill.data import (
@@ -262,7 +262,7 @@ def test_predictions_equal_to_the_ground_truth_give_ap50_one(scenes):
     names = {image["id"]: image["file_name"] for image in coco["images"]}
     perfect = [{**a, "file_name": names[a["image_id"]], "score": 0.9} for a in coco["annotations"]]
     assert evaluation.mask_ap50(ground_truth, perfect) == pytest.approx(1.0)
-    single = evaluation.most_confident(
+    single = coco_files.most_confident(
         [{**p, "score": 0.9 - 0.1 * (i % 2)} for i, p in enumerate(perfect)]
     )
     assert len(single) == len(coco["images"])

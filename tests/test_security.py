@@ -264,7 +264,8 @@ def tiny_segmentation_model(tmp_path: Path) -> Path:
               "freeze_layers": 0, "head_channels": 8}  # fmt: skip
     model, _ = build_deeplab(3, DeepLabSettings.from_config(values))
     path = tmp_path / "model.pth"
-    save_state(path, model.state_dict(), values | {"num_outputs": 3, "size": 32}, {})
+    described = {"num_outputs": 3, "size": 32, "backbone": model.backbone_description}
+    save_state(path, model.state_dict(), values | described, {})
     return path
 
 

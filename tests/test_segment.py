@@ -305,7 +305,15 @@ def test_cli_trains_predicts_probes_and_evaluates(tmp_path):
               "--pseudo-gt", str(tmp_path / "pgt.json"), "--title", "stage 5: segment", *voc,
               "--splits", "val", "--out", str(tmp_path / "segment.json")])  # fmt: skip
     report = json.loads((tmp_path / "segment.json").read_text())
-    assert report["title"] == "stage 5: segment" and 0 <= report["summary"]["mIoU"] <= 1
+    val = open_dataset({"kind": "voc", "root": str(data)}, ["val"])
+    confusion = np.zeros((1 + len(val.class_names), 3), np.int64)
+    for record in val.records():  # the mIoU of the written PNGs, computed here from the parts
+        (png,) = (tmp_path / "pred").glob(f"shard-*/{Path(record.file_name).stem}.png")
+        gt = val.semantic_labels(record)
+        confusion += confusion_matrix(gt, read_label_png(png), len(confusion), 3)
+    expected = semantic_scores(confusion, ["background", *val.class_names])["miou"]
+    assert report["title"] == "stage 5: segment"
+    assert report["summary"]["mIoU"] == pytest.approx(expected, abs=1e-12)
     cli.main(["segment", "probe", "--model", str(tmp_path / "model.pth"), *voc, "--splits",
               "train", "--size", "32", "--epochs", "1", "--batch-size", "2", "--lr-epochs", "1",
               *run, "--resume-dir", str(tmp_path / "probe"), "--out",
@@ -386,6 +394,7 @@ def test_predicting_into_an_existing_folder_stops_before_any_work_or_overwrites(
     model, _ = build_deeplab(3, DeepLabSettings.from_config(values))
     names = ["background", "cluster_00", "cluster_01"]
     settings = values | {"num_outputs": 3, "size": 32, "label_names": names}
+    settings["backbone"] = model.backbone_description
     save_state(tmp_path / "model.pth", model.state_dict(), settings, {})
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -411,3 +420,54 @@ def test_predicting_into_an_existing_folder_stops_before_any_work_or_overwrites(
     with pytest.raises(SystemExit):
         cli.main([*command[:-1], str(tmp_path / "clash")])
     assert not (tmp_path / "clash").exists()
+
+
+def test_a_model_file_alone_segments_new_photos_as_the_pipeline_does(tmp_path, monkeypatch):
+    """Trained from a ViT weight file, then copied alone into an empty folder with the weight
+    file gone: the same labels as the pipeline's prediction, and without a description a clear
+    error naming the file."""
+    from maskdistill.models import vit
+    from maskdistill.training import load_weights, save_state
+
+    backbone = vit.load_backbone("random:patch=8,width=192,depth=1,img=32,seed=0")  # 3 heads
+    init = tmp_path / "init" / "vit.pth"
+    init.parent.mkdir()
+    torch.save(backbone.state_dict(), init)
+    data = tmp_path / "demo"
+    cli.main(["make-demo-data", "--out", str(data), "--num-train", "4", "--num-val", "2"])
+    labels = tmp_path / "maps"
+    coco = {"images": [], "annotations": [], "categories": [{"id": 1}, {"id": 2}]}
+    for i, name in enumerate(sorted(p.name for p in (data / "JPEGImages").iterdir())):
+        size = Image.open(data / "JPEGImages" / name).size
+        coco["images"].append({"id": i, "file_name": name, "height": size[1], "width": size[0]})
+        block = np.zeros(size[::-1], np.uint8)
+        block[: size[1] // 2] = 1 + i % 2
+        write_label_png(label_png_path(labels, name), block)
+    (tmp_path / "pgt.json").write_text(json.dumps(coco))
+    run = ["--workers", "0", "--device", "cpu", "--no-progress"]
+    cli.main(["segment", "train", "--labels", str(labels), "--pseudo-gt",
+              str(tmp_path / "pgt.json"), "--images", str(data), "--dataset-kind", "voc",
+              "--splits", "train", "--arch", "vit",
+              "--init", str(init), "--freeze-layers", "0", "--head-channels", "8", "--size", "32",
+              "--epochs", "1", "--batch-size", "2", "--lr-epochs", *run, "--resume-dir",
+              str(tmp_path / "resume"), "--out", str(tmp_path / "model.pth"), "--metrics",
+              str(tmp_path / "m.jsonl")])  # fmt: skip
+    photos = data / "JPEGImages"
+    predict = ["segment", "predict", "--images", str(photos), *run]
+    cli.main([*predict, "--model", str(tmp_path / "model.pth"), "--out", str(tmp_path / "ours")])
+    alone = tmp_path / "elsewhere"
+    alone.mkdir()
+    (alone / "model.pth").write_bytes((tmp_path / "model.pth").read_bytes())
+    init.unlink()
+    monkeypatch.chdir(alone)
+    cli.main([*predict, "--model", "model.pth", "--out", "labels"])
+    ours = sorted((tmp_path / "ours").iterdir())
+    assert [p.name for p in ours] == sorted(p.name for p in (alone / "labels").iterdir())
+    for png in ours:
+        assert np.array_equal(read_label_png(png), read_label_png(alone / "labels" / png.name))
+    payload = load_weights(alone / "model.pth")
+    del payload["settings"]["backbone"]  # a file from before model files described themselves
+    save_state(alone / "old.pth", payload["model"], payload["settings"], {})
+    with pytest.raises(SystemExit):
+        cli.main([*predict, "--model", "old.pth", "--out", "old"])
+    assert not (alone / "old").exists()

@@ -159,3 +159,23 @@ def test_the_command_draws_every_stage_and_the_plots(tmp_path):
         "scores.png",
         "training.png",
     ]
+
+
+def test_the_miou_plot_and_the_ablation_table_name_the_paper_rows_alike(tmp_path):
+    """The last CRF round with CRF is the paper's "stage 5 with CRF rounds" row in both."""
+    import argparse
+
+    from maskdistill.commands.visualize import _stage_rows
+    from maskdistill.metrics import ablation_rows
+    from maskdistill.paper import VOC12_MIOU
+
+    titles = ["stage 2: cluster", "stage 5: segment, CRF round 1 with CRF", "selection stats"]
+    paths = []
+    for i, title in enumerate(titles):
+        summary = {} if title == "selection stats" else {"mIoU": 0.1 * (i + 1)}
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps({"title": title, "num_images": 3, "summary": summary}))
+    rows = _stage_rows(argparse.Namespace(reports=[str(p) for p in paths], paper="voc12"))
+    assert rows == [(titles[0], 0.1, 39.0), (titles[1], 0.2, VOC12_MIOU["stage 5 with CRF rounds"])]
+    table = ablation_rows([json.loads(p.read_text()) for p in paths], VOC12_MIOU)
+    assert [(r["title"], r["miou"], r["paper"]) for r in table] == rows

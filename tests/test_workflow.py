@@ -35,6 +35,8 @@ from maskdistill.distill.detectron2 import INSTALL as DETECTRON2_INSTALL
 from maskdistill.distill.detectron2 import available as detectron2_available
 from maskdistill.segment.crf import crf_available
 
+pytestmark = pytest.mark.slow  # runs the workflow with snakemake (make test-fast leaves it out)
+
 # what runs downstream of each stage in the tiny demo (VOC layout with ground truth)
 
 

@@ -71,10 +71,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     merge.set_defaults(_run=run_merge)
 
 
-def run(args: argparse.Namespace) -> None:
-    args._run(args)
-
-
 def _run_settings(args: argparse.Namespace, num_classes: int) -> dict:
     """Everything that decides the trained network: settings, classes, the training data."""
     digest = hashlib.sha256(Path(args.pseudo_gt).read_bytes()).hexdigest()

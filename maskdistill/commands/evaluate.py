@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from maskdistill import evaluation
+from maskdistill import coco_files, evaluation
 from maskdistill.commands.dataset_args import (
     add_dataset_arguments,
     dataset_spec,
@@ -115,27 +115,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             help="stage-2 metrics JSON of the objects protocol: name the labels as stage 2 did "
             "(the reference's protocol) instead of matching this stage on its own pixels",
         )
-    labels.set_defaults(_evaluate=evaluate_labels)
+    labels.set_defaults(_run=evaluate_labels)
     for command in (discovery, cluster, distill, labels):
         add_dataset_arguments(command)
         command.add_argument("--out", required=True, help="metrics JSON to write")
-    discovery.set_defaults(_evaluate=evaluate_discovery)
-    cluster.set_defaults(_evaluate=evaluate_cluster)
-    distill.set_defaults(_evaluate=evaluate_distill)
+    discovery.set_defaults(_run=evaluate_discovery)
+    cluster.set_defaults(_run=evaluate_cluster)
+    distill.set_defaults(_run=evaluate_distill)
     table = sub.add_parser("table", help="render metrics JSONs as Markdown")
     table.add_argument("--reports", nargs="+", required=True, help="metrics JSONs, in order")
     table.add_argument("--out", required=True, help="Markdown file to write")
-    table.set_defaults(_evaluate=write_table)
+    table.set_defaults(_run=write_table)
     ablation = sub.add_parser("ablation", help="the ablation table (Markdown + JSON)")
     ablation.add_argument("--reports", nargs="+", required=True, help="metrics JSONs, in order")
     ablation.add_argument("--paper", choices=sorted(PAPERS), default=None, help="beside these")
     ablation.add_argument("--out", required=True, help="Markdown file to write")
     ablation.add_argument("--json", required=True, help="JSON file to write")
-    ablation.set_defaults(_evaluate=write_ablation)
-
-
-def run(args: argparse.Namespace) -> None:
-    args._evaluate(args)
+    ablation.set_defaults(_run=write_ablation)
 
 
 def _eval_dataset(args: argparse.Namespace) -> tuple[Dataset, list[ImageRecord]]:
@@ -187,8 +183,8 @@ def evaluate_discovery(args: argparse.Namespace) -> None:
 def evaluate_cluster(args: argparse.Namespace) -> None:
     """Semantic mIoU of the painted stage-2 masks and object-level cluster scores."""
     dataset, records = _eval_dataset(args)
-    by_name, num_clusters = evaluation.index_annotations(read_json(args.pseudo_gt), args.pseudo_gt)
-    annotations = evaluation.one_per_image(by_name, args.pseudo_gt)
+    by_name, num_clusters = coco_files.index_annotations(read_json(args.pseudo_gt), args.pseudo_gt)
+    annotations = coco_files.one_per_image(by_name, args.pseudo_gt)
     confusion, with_labels = evaluation.semantic_confusion(
         dataset,
         records,
@@ -240,15 +236,15 @@ def evaluate_distill(args: argparse.Namespace) -> None:
     predictions = read_json(args.predictions)
     if not isinstance(predictions, list):
         raise ValueError(f"{args.predictions}: not a COCO results list")
-    _, num_clusters = evaluation.index_annotations(read_json(args.pseudo_gt), args.pseudo_gt)
+    _, num_clusters = coco_files.index_annotations(read_json(args.pseudo_gt), args.pseudo_gt)
     names = {r.file_name for r in records}
     mine = [p for p in predictions if p["file_name"] in names]
     ground_truth = evaluation.instance_ground_truth(dataset, records)
-    grouped = evaluation.by_image(mine)
+    grouped = coco_files.by_image(mine)
 
     def label_map(record: ImageRecord) -> np.ndarray:
         masks = [
-            (evaluation.annotation_mask(p, record, args.predictions), p["category_id"])
+            (coco_files.annotation_mask(p, record, args.predictions), p["category_id"])
             for p in grouped.get(record.file_name, [])
         ]
         return paint_label_map((record.height, record.width), masks, overlap="fill")
@@ -262,7 +258,7 @@ def evaluate_distill(args: argparse.Namespace) -> None:
     report = evaluation.report("stage 3: distill", args.splits, len(records), dataset_spec(args))
     report["summary"] = {
         "mask AP50 (multi)": evaluation.mask_ap50(ground_truth, mine),
-        "mask AP50 (single)": evaluation.mask_ap50(ground_truth, evaluation.most_confident(mine)),
+        "mask AP50 (single)": evaluation.mask_ap50(ground_truth, coco_files.most_confident(mine)),
         "mIoU": semantic["miou"] if semantic else None,
     }
     report.update(
@@ -298,7 +294,7 @@ def evaluate_labels(args: argparse.Namespace) -> None:
     if args.supervised:
         num_labels = len(names)
     else:
-        num_labels = 1 + evaluation.index_annotations(read_json(args.pseudo_gt), args.pseudo_gt)[1]
+        num_labels = 1 + coco_files.index_annotations(read_json(args.pseudo_gt), args.pseudo_gt)[1]
     if args.missing == "skip":  # stage 4 writes no map for an image without predictions
         records = [r for r in records if _has_labels(args.labels, r.file_name)]
 
@@ -341,8 +337,8 @@ def _confident_scores(args, dataset, records, label_map, num_labels: int) -> dic
         row["file_name"] for row in stats["images"] if row["kept"] > 0 and not row["fell_back"]
     }
     subset = [r for r in records if r.file_name in confident]
-    annotations = evaluation.one_per_image(
-        evaluation.index_annotations(read_json(args.pseudo_gt), args.pseudo_gt)[0], args.pseudo_gt
+    annotations = coco_files.one_per_image(
+        coco_files.index_annotations(read_json(args.pseudo_gt), args.pseudo_gt)[0], args.pseudo_gt
     )
     names = ("background", *dataset.class_names)
     scores = {"share of images reaching tau": len(subset) / max(len(records), 1)}

@@ -19,10 +19,13 @@ import dataclasses
 import hashlib
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from torch import nn
 
 from maskdistill import distributed
+from maskdistill.coco_files import index_annotations
 from maskdistill.commands.dataset_args import (
     add_dataset_arguments,
     open_dataset_from_args,
@@ -36,11 +39,11 @@ from maskdistill.commands.training_job import (
 )
 from maskdistill.config import defaults
 from maskdistill.data import Dataset, ImageRecord
-from maskdistill.evaluation import index_annotations
 from maskdistill.images import ON_BAD_IMAGE, write_skipped
 from maskdistill.io import atomic_path, read_json, write_json
 from maskdistill.masks import label_png_path, voc_palette, write_label_png
-from maskdistill.models.deeplab import DeepLabSettings, build_deeplab
+from maskdistill.models.deeplab import DeepLabSettings, build_deeplab, rebuild_deeplab
+from maskdistill.models.norm import Normalization
 from maskdistill.names import check_collisions
 from maskdistill.progress import Progress
 from maskdistill.provenance import provenance
@@ -99,10 +102,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     predict.set_defaults(_run=run_predict)
 
 
-def run(args: argparse.Namespace) -> None:
-    args._run(args)
-
-
 def _digest(paths: list[Path]) -> str:
     """A hash of the label files' names and bytes: a new training set starts a new run."""
     digest = hashlib.sha256()
@@ -147,6 +146,18 @@ def _train(
     distributed.close(world)
 
 
+def load_model(path: str) -> tuple[nn.Module, Normalization, dict[str, Any]]:
+    """A stage-5 network or linear probe from its model file alone (no init weights, no config):
+    the network with its trained weights, its input normalisation, the file's payload."""
+    payload = load_weights(path)
+    settings = payload["settings"]
+    model, norm = rebuild_deeplab(settings, path)
+    if settings.get("supervised"):  # a linear probe: the new last convolution
+        model = probe_network(model, settings["num_outputs"])
+    model.load_state_dict(payload["model"])
+    return model, norm, payload
+
+
 def run_train(args: argparse.Namespace) -> None:
     """DeepLab-v3 on the label maps of --labels."""
     device = resolve_device(args.device)
@@ -170,6 +181,7 @@ def run_train(args: argparse.Namespace) -> None:
     }
     with seeded(schedule.seed):
         model, norm = build_deeplab(num_clusters + 1, network)
+    run_settings["backbone"] = model.backbone_description  # the model file rebuilds alone
     _train(args, model, items, norm, run_settings, schedule, "segment", world, device)
 
 
@@ -195,10 +207,7 @@ def run_probe(args: argparse.Namespace) -> None:
     dataset = open_dataset_from_args(args)
     if not dataset.has_ground_truth:
         raise ValueError(f"{args.images}: the linear probe needs ground-truth labels")
-    payload = load_weights(args.model)
-    network = DeepLabSettings.from_config(payload["settings"])
-    model, norm = build_deeplab(payload["settings"]["num_outputs"], network)
-    model.load_state_dict(payload["model"])
+    model, norm, payload = load_model(args.model)
     num_classes = 1 + len(dataset.class_names)
     schedule = EpochSchedule.from_config(vars(args))
     with seeded(schedule.seed):
@@ -229,12 +238,8 @@ def run_predict(args: argparse.Namespace) -> None:
         )
     device = resolve_device(args.device)
     set_threads(args.threads)
-    payload = load_weights(args.model)
+    model, norm, payload = load_model(args.model)
     settings = payload["settings"]
-    model, norm = build_deeplab(settings["num_outputs"], DeepLabSettings.from_config(settings))
-    if settings.get("supervised"):  # a linear probe: the new last convolution
-        model = probe_network(model, settings["num_outputs"])
-    model.load_state_dict(payload["model"])
     model = model.to(device).eval()
     skipped: list[tuple[str, str]] = []
     records = shard_records(args, skipped)

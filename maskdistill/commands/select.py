@@ -16,8 +16,8 @@ import argparse
 import logging
 from collections import Counter
 
+from maskdistill.coco_files import by_image, index_annotations
 from maskdistill.commands.settings_args import add_settings_arguments
-from maskdistill.evaluation import by_image, index_annotations
 from maskdistill.io import atomic_path, read_json, write_json
 from maskdistill.masks import IGNORE, decode_rle, label_png_path, write_label_png
 from maskdistill.names import check_collisions, check_name

@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from maskdistill import evaluation, pictures, plots, visualize
+from maskdistill import coco_files, pictures, plots, visualize
 from maskdistill.commands.dataset_args import add_dataset_arguments, open_dataset_from_args
 from maskdistill.commands.settings_args import add_settings_arguments
 from maskdistill.data import Dataset, ImageRecord
 from maskdistill.images import load_image
 from maskdistill.io import atomic_path, read_json, read_json_lines
 from maskdistill.masks import find_label_png, label_png_path, read_label_png
+from maskdistill.metrics import ablation_rows
 from maskdistill.paper import PAPERS
 from maskdistill.shards import full_resolution_mask, read_shard
 
@@ -45,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_settings_arguments(sheet, "visualize", ("count", "seed", "height"), "the sample")
     sheet.add_argument("--out", required=True, help="PNG to write")
-    sheet.set_defaults(_visualize=write_sheet)
+    sheet.set_defaults(_run=write_sheet)
     figures = sub.add_parser("plots", help="plots of a run's numbers (PNGs)")
     figures.add_argument("--pseudo-gt", default=None, help="stage-2 COCO JSON: cluster sizes")
     figures.add_argument("--predictions", default=None, help="stage-3 predictions: scores")
@@ -57,11 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     figures.add_argument("--paper", choices=sorted(PAPERS), default=None, help="beside these")
     figures.add_argument("--cluster-metrics", default=None, help="stage-2 metrics: confusion")
     figures.add_argument("--out-dir", required=True, help="folder of the PNGs")
-    figures.set_defaults(_visualize=write_plots)
-
-
-def run(args: argparse.Namespace) -> None:
-    args._visualize(args)
+    figures.set_defaults(_run=write_plots)
 
 
 def write_png(path: str | Path, rgb: np.ndarray) -> None:
@@ -84,11 +81,11 @@ def _discoveries(shards: list[str], names: set[str]) -> dict[str, dict]:
 
 
 def _pseudo_masks(path: str, records: list[ImageRecord]) -> dict[str, tuple[np.ndarray, int]]:
-    by_name, _ = evaluation.index_annotations(read_json(path), path)
-    annotations = evaluation.one_per_image(by_name, path)
+    by_name, _ = coco_files.index_annotations(read_json(path), path)
+    annotations = coco_files.one_per_image(by_name, path)
     return {
         r.file_name: (
-            evaluation.annotation_mask(annotations[r.file_name], r, path),
+            coco_files.annotation_mask(annotations[r.file_name], r, path),
             annotations[r.file_name]["category_id"],
         )  # fmt: skip
         for r in records
@@ -100,10 +97,10 @@ def _predicted_masks(path: str, records: list[ImageRecord]) -> dict[str, list]:
     predictions = read_json(path)
     if not isinstance(predictions, list):
         raise ValueError(f"{path}: not a COCO results list")
-    grouped = evaluation.by_image(predictions)
+    grouped = coco_files.by_image(predictions)
     return {
         r.file_name: [
-            (evaluation.annotation_mask(p, r, path), p["category_id"], p["score"])
+            (coco_files.annotation_mask(p, r, path), p["category_id"], p["score"])
             for p in grouped.get(r.file_name, [])
         ]
         for r in records
@@ -147,7 +144,7 @@ def _legend(args: argparse.Namespace, dataset: Dataset) -> list[tuple[int, str]]
     classes = dataset.class_names if dataset.has_ground_truth else ()
     if args.stage == "discover" or args.pseudo_gt is None:
         return pictures.cluster_legend(0, class_names=classes)
-    _, num_clusters = evaluation.index_annotations(read_json(args.pseudo_gt), args.pseudo_gt)
+    _, num_clusters = coco_files.index_annotations(read_json(args.pseudo_gt), args.pseudo_gt)
     matching = None
     if args.cluster_metrics:
         semantic = read_json(args.cluster_metrics).get("semantic") or {}
@@ -182,12 +179,10 @@ def _named_logs(entries: list[str]) -> dict[str, list[dict]]:
 
 
 def _stage_rows(args: argparse.Namespace) -> list[tuple[str, float | None, float | None]]:
-    paper = PAPERS[args.paper] if args.paper else {}
-    rows = []
-    for path in args.reports:
-        report = read_json(path)
-        rows.append((report["title"], report["summary"].get("mIoU"), paper.get(report["title"])))
-    return [row for row in rows if row[1] is not None]
+    """(title, mIoU, the paper's mIoU) of each report with an mIoU: the ablation table's rows."""
+    paper = PAPERS[args.paper] if args.paper else None
+    rows = ablation_rows([read_json(path) for path in args.reports], paper)
+    return [(r["title"], r["miou"], r["paper"]) for r in rows if r["miou"] is not None]
 
 
 def _confusion(path: str) -> tuple[np.ndarray, list[str], list[str]]:
@@ -208,7 +203,7 @@ def write_plots(args: argparse.Namespace) -> None:
     out = Path(args.out_dir)
     if args.pseudo_gt:
         coco = read_json(args.pseudo_gt)
-        _, num_clusters = evaluation.index_annotations(coco, args.pseudo_gt)
+        _, num_clusters = coco_files.index_annotations(coco, args.pseudo_gt)
         sizes = np.bincount(
             [a["category_id"] - 1 for a in coco["annotations"]], minlength=num_clusters
         )

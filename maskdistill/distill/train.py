@@ -11,29 +11,16 @@ a rerun resumes from it.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from maskdistill.distill.data import DistillDataset, step_batches
-from maskdistill.distributed import World, unwrap, wrap
-from maskdistill.runtime import loader_workers, training_precision
-from maskdistill.training import (
-    MetricsLog,
-    load_checkpoint,
-    parameter_groups,
-    restore_rng,
-    run_steps,
-    save_checkpoint,
-    step_decay_schedule,
-)
-
-log = logging.getLogger(__name__)
+from maskdistill.distributed import World
+from maskdistill.training import StepSampler, fit, parameter_groups, step_decay_schedule
 
 REFERENCE_BATCH = 16  # ``lr`` is the learning rate of this total batch (detectron2's)
 
@@ -98,8 +85,9 @@ class DistillTrainSettings:
         )
 
 
-class StepSampler:
-    """The DataLoader keys (image index, step) of each step's share of the global batch."""
+class DistillSampler(StepSampler):
+    """Each step's images: one orientation group per step (:func:`step_batches`), this process's
+    share of the global batch."""
 
     def __init__(
         self,
@@ -113,17 +101,9 @@ class StepSampler:
         self.settings, self.world, self.start, self.stop = settings, world, start, stop
 
     def steps(self) -> Iterator[tuple[int, list[int]]]:
-        """(step, this process's image indices) for the steps ``start`` .. ``stop - 1``."""
         s = self.settings
         for step, batch in step_batches(self.groups, s.batch_size, s.seed, self.start, self.stop):
             yield step, self.world.share(batch)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for step, indices in self.steps():
-            yield [(index, step) for index in indices]
-
-    def __len__(self) -> int:
-        return self.stop - self.start
 
 
 def _detection_losses(model: torch.nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
@@ -168,69 +148,32 @@ def train_maskrcnn(
         stop_after: stop (with a checkpoint) once this many iterations are done, for
             time-sliced runs; the schedule stays that of ``settings.iterations``.
     """
-    checkpoint = Path(checkpoint)
     optimizer = torch.optim.SGD(
         parameter_groups(model, settings.weight_decay, norm_decay=0.0),
         lr=settings.scaled_lr,
         momentum=settings.momentum,
     )
-    precision = training_precision(device, settings.amp)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision != "fp32")
-    start = 0
-    if resume and checkpoint.exists():
-        payload = load_checkpoint(checkpoint, run_settings)
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        scaler.load_state_dict(payload["scaler"])
-        restore_rng(payload)
-        start = int(payload["step"])
-        log.info("resumed from %s at iteration %d", checkpoint, start)
-    stop = settings.iterations if stop_after is None else min(stop_after, settings.iterations)
-    ddp_model = wrap(model, world, device)
-    ddp_model.train()
-    sampler = StepSampler(dataset, settings, world, start, stop)
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=loader_workers(workers),
-        collate_fn=list,
-        pin_memory=False,
-    )
-    batches = (
-        (step, _on_device(samples, device))
-        for (step, _), samples in zip(sampler.steps(), loader, strict=True)
-    )
-
-    def save(done: int) -> None:
-        save_checkpoint(
-            checkpoint,
-            step=done,
-            settings=run_settings,
-            states={
-                "model": unwrap(ddp_model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-            },
-        )
-
-    run_steps(
-        ddp_model,
+    return fit(
+        model,
         optimizer,
-        batches,
-        _detection_losses,
+        dataset,
+        sampler=lambda start, stop: DistillSampler(dataset, settings, world, start, stop),
+        total_steps=settings.iterations,
+        to_device=_on_device,
+        loss_fn=_detection_losses,
         lr_at=settings.lr_at,
-        stop=stop,
-        start=start,
-        save=save,
-        checkpoint_every=checkpoint_every,
-        metrics=MetricsLog(metrics_log if world.main else None, start_step=start),
-        scaler=scaler,
-        device=device,
-        precision=precision,
+        amp=settings.amp,
         clip_grad=settings.clip_grad,
         seed=settings.seed,
-        rank=world.rank,
         stage="distill",
+        run_settings=run_settings,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        metrics_log=metrics_log,
+        device=device,
+        world=world,
+        workers=workers,
         progress=progress,
+        stop_after=stop_after,
     )
-    return unwrap(ddp_model)

@@ -15,6 +15,7 @@ is output stride 8 too); ``freeze_layers`` > 0 freezes the ViT. ``head_channels`
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,11 +82,19 @@ class DeepLab(DeepLabV3):
 
     ``forward(images (B, 3, H, W), normalised)`` returns ``{"out": (B, K + 1, H, W)}`` logits.
     Frozen modules are kept by name, so that they stay frozen when a module is replaced (DDP's
-    SyncBatchNorm conversion replaces every BatchNorm).
+    SyncBatchNorm conversion replaces every BatchNorm). ``backbone_description`` rebuilds the
+    backbone without its weight file (:func:`build_deeplab`); model files store it.
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, frozen: list[str]) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        frozen: list[str],
+        backbone_description: Mapping[str, Any],
+    ) -> None:
         super().__init__(backbone, head, aux_classifier=None)
+        self.backbone_description = dict(backbone_description)
         self.freeze(frozen)
 
     def freeze(self, names: list[str]) -> None:
@@ -107,24 +116,58 @@ class DeepLab(DeepLabV3):
 
 
 def build_deeplab(
-    num_outputs: int, settings: DeepLabSettings, setting: str = "segment.init"
+    num_outputs: int,
+    settings: DeepLabSettings,
+    setting: str = "segment.init",
+    backbone: Mapping[str, Any] | None = None,
 ) -> tuple[DeepLab, Normalization]:
-    """A DeepLab-v3 with ``num_outputs`` outputs (K + 1) and its input normalisation."""
+    """A DeepLab-v3 with ``num_outputs`` outputs (K + 1) and its input normalisation.
+
+    The backbone starts from ``settings.init`` (named ``setting`` in errors); with ``backbone``,
+    a model file's description (the network's ``backbone_description``), the architecture is
+    rebuilt with untrained weights instead and no weight file is read (a model file's state dict
+    is loaded next). The returned network carries its ``backbone_description``.
+    """
     if settings.arch == "vit":
-        model = vit.load_backbone(settings.init, setting="segment.init")
+        if backbone is None:
+            model = vit.load_backbone(settings.init, setting=setting)
+        else:
+            model = vit.from_description(backbone)
         features = vit.PatchFeatures(model, trainable=settings.freeze_layers == 0)
         head = deeplab_head(features.out_channels, num_outputs, settings.head_channels)
         frozen = ["backbone.features"] if settings.freeze_layers > 0 else []
-        return DeepLab(PatchMap(features), head, frozen), vit.normalization(model)
+        network = DeepLab(PatchMap(features), head, frozen, vit.describe(model))
+        return network, vit.normalization(model)
     if settings.arch not in DILATED:
         raise ValueError(f"segment.arch: expected vit or one of {DILATED}, got {settings.arch!r}")
     if not 0 <= settings.freeze_layers <= 4:
         raise ValueError(f"segment.freeze_layers: expected 0..4, got {settings.freeze_layers}")
-    weights = resnet_weights(settings.init, settings.arch, setting)
     resnet = build_resnet(settings.arch, replace_stride_with_dilation=(False, True, True))
-    load_resnet_weights(resnet, weights)
+    if backbone is None:
+        weights = resnet_weights(settings.init, settings.arch, setting)
+        load_resnet_weights(resnet, weights)
+        norm = weights.normalization
+    else:
+        norm = Normalization(mean=tuple(backbone["mean"]), std=tuple(backbone["std"]))
     stages = STAGES[: settings.freeze_layers + 1] if settings.freeze_layers else ()
     frozen = [f"backbone.{name}" for stage in stages for name in stage]
-    backbone = IntermediateLayerGetter(resnet, return_layers={"layer4": "out"})
+    layers = IntermediateLayerGetter(resnet, return_layers={"layer4": "out"})
     head = deeplab_head(resnet.fc.in_features, num_outputs, settings.head_channels)
-    return DeepLab(backbone, head, frozen), weights.normalization
+    description = {"mean": list(norm.mean), "std": list(norm.std)}
+    return DeepLab(layers, head, frozen, description), norm
+
+
+def rebuild_deeplab(settings: Mapping[str, Any], source: str) -> tuple[DeepLab, Normalization]:
+    """The untrained network of a stage-5 model file's ``settings`` (its state dict follows).
+
+    Raises:
+        ValueError: naming ``source`` when the file does not describe its backbone (written
+            before model files described themselves: rerun its training).
+    """
+    if "backbone" not in settings:
+        raise ValueError(
+            f"{source}: the model file does not describe its backbone (written by an older "
+            "maskdistill); train it again"
+        )
+    network = DeepLabSettings.from_config(settings)
+    return build_deeplab(settings["num_outputs"], network, backbone=settings["backbone"])

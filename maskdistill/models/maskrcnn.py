@@ -168,8 +168,8 @@ def _resnet_fpn(
     return backbone, weights.normalization, scratch
 
 
-def _vit_pyramid(settings: MaskRCNNSettings) -> tuple[ViTPyramid, Normalization]:
-    model = vit.load_backbone(settings.init, setting="distill.init")
+def _vit_pyramid(settings: MaskRCNNSettings, setting: str) -> tuple[ViTPyramid, Normalization]:
+    model = vit.load_backbone(settings.init, setting=setting)
     features = vit.PatchFeatures(model, trainable=settings.trainable_layers > 0)
     return ViTPyramid(features, settings.fpn_channels), vit.normalization(model)
 
@@ -185,7 +185,7 @@ def build_maskrcnn(
         setting: the config key of ``settings.init``, named in errors.
     """
     if settings.arch == "vit":
-        backbone, normalization = _vit_pyramid(settings)
+        backbone, normalization = _vit_pyramid(settings, setting)
         scratch = False
     elif settings.arch in ARCHITECTURES:
         backbone, normalization, scratch = _resnet_fpn(settings, setting)

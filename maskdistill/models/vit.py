@@ -16,8 +16,10 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import timm
@@ -98,6 +100,25 @@ def normalization(model: VisionTransformer) -> Normalization:
     )
 
 
+def describe(model: VisionTransformer) -> dict[str, Any]:
+    """What rebuilds ``model`` without the file or hub it came from, for model files: the
+    architecture (``vit``: a timm name or VisionTransformer arguments) and the input statistics."""
+    norm = normalization(model)
+    return {"vit": dict(model.architecture), "mean": list(norm.mean), "std": list(norm.std)}
+
+
+def from_description(description: Mapping[str, Any]) -> VisionTransformer:
+    """The ViT of :func:`describe`, frozen, in eval mode, with untrained weights (the caller loads
+    a model file's state dict into the network built on it); reads no file, downloads nothing."""
+    arch = dict(description["vit"])
+    if "timm" in arch:
+        model = _timm_backbone(arch.pop("timm"), False, arch.get("num_heads"), "model file")
+    else:
+        model = _build_vit("model file", **arch)
+    model.pretrained_cfg = {"mean": tuple(description["mean"]), "std": tuple(description["std"])}
+    return model.eval().requires_grad_(False)
+
+
 @dataclass
 class Backbones:
     """The mask backbone and the clustering-feature backbone (possibly the same module)."""
@@ -141,6 +162,7 @@ def _timm_backbone(
     model = download(create, name, setting, hub=True) if pretrained else create()
     if not isinstance(model, VisionTransformer):
         raise ValueError(f"backbone {name!r} is a {type(model).__name__}, not a VisionTransformer")
+    model.architecture = {"timm": name, **kwargs}
     return model
 
 
@@ -174,9 +196,11 @@ def _random_backbone(spec: str, num_heads: int | None) -> VisionTransformer:
 def _build_vit(source: str, **kwargs) -> VisionTransformer:
     """A headless timm VisionTransformer; timm's argument assertions become ValueError."""
     try:
-        return VisionTransformer(**kwargs, num_classes=0)
+        model = VisionTransformer(**kwargs, num_classes=0)
     except (AssertionError, ValueError, ZeroDivisionError) as error:
         raise ValueError(f"{source}: cannot build a ViT with {kwargs}: {error}") from error
+    model.architecture = dict(kwargs)  # what describe() stores in model files
+    return model
 
 
 def _default_heads(width: int, source: str) -> int:

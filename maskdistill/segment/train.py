@@ -11,7 +11,6 @@ final model is the result: no epoch is picked by its validation score.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,24 +19,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
-from maskdistill.distributed import World, unwrap, wrap
+from maskdistill.distributed import World
 from maskdistill.masks import IGNORE
-from maskdistill.runtime import loader_workers, training_precision
 from maskdistill.segment.data import SegmentationDataset, epoch_order
 from maskdistill.segment.loss import ohem_cross_entropy
-from maskdistill.training import (
-    MetricsLog,
-    load_checkpoint,
-    parameter_groups,
-    restore_rng,
-    run_steps,
-    save_checkpoint,
-    step_decay_schedule,
-)
-
-log = logging.getLogger(__name__)
+from maskdistill.training import StepSampler, fit, parameter_groups, step_decay_schedule
 
 
 @dataclass(frozen=True)
@@ -87,8 +74,9 @@ class EpochSchedule:
         return step_decay_schedule(epoch, self.lr, self.lr_epochs, self.gamma, after=True)
 
 
-class EpochSampler:
-    """The DataLoader keys (image index, step) of each step's share of the global batch."""
+class EpochSampler(StepSampler):
+    """Each step's images: the epoch's shuffled order (:func:`epoch_order`) cut into batches, this
+    process's share of the global batch."""
 
     def __init__(
         self, count: int, schedule: EpochSchedule, world: World, start: int, stop: int
@@ -98,20 +86,12 @@ class EpochSampler:
         self.per_epoch = schedule.steps_per_epoch(count)
 
     def steps(self) -> Iterator[tuple[int, list[int]]]:
-        """(step, this process's image indices) for the steps ``start`` .. ``stop - 1``."""
         s = self.schedule
         for epoch in range(self.start // self.per_epoch, s.epochs):
             for i, batch in enumerate(epoch_order(self.count, s.batch_size, s.seed, epoch)):
                 step = epoch * self.per_epoch + i
                 if self.start <= step < self.stop:
                     yield step, self.world.share(batch)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for step, indices in self.steps():
-            yield [(index, step) for index in indices]
-
-    def __len__(self) -> int:
-        return self.stop - self.start
 
 
 def _on_device(samples: list, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,71 +140,35 @@ def train_epochs(
         stop_after: stop (with a checkpoint) after this many steps (time-sliced runs).
     Other arguments as :func:`maskdistill.distill.train.train_maskrcnn`.
     """
-    loss_fn = {"segment": segmentation_loss, "probe": probe_loss}[loss]
-    checkpoint = Path(checkpoint)
     optimizer = torch.optim.SGD(
         parameter_groups(model, schedule.weight_decay), lr=schedule.lr, momentum=schedule.momentum
     )
-    precision = training_precision(device, schedule.amp)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision != "fp32")
-    start = 0
-    if resume and checkpoint.exists():
-        payload = load_checkpoint(checkpoint, run_settings)
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        scaler.load_state_dict(payload["scaler"])
-        restore_rng(payload)
-        start = int(payload["step"])
-        log.info("resumed from %s at step %d", checkpoint, start)
     per_epoch = schedule.steps_per_epoch(len(dataset))
-    total = per_epoch * schedule.epochs
-    stop = total if stop_after is None else min(stop_after, total)
-    if world.size > 1:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ddp_model = wrap(model, world, device)
-    ddp_model.train()
-    sampler = EpochSampler(len(dataset), schedule, world, start, stop)
-    loader = DataLoader(
-        dataset, batch_sampler=sampler, num_workers=loader_workers(workers), collate_fn=list
-    )
-    batches = (
-        (step, _on_device(samples, device))
-        for (step, _), samples in zip(sampler.steps(), loader, strict=True)
-    )
-
-    def save(done: int) -> None:
-        save_checkpoint(
-            checkpoint,
-            step=done,
-            settings=run_settings,
-            states={
-                "model": unwrap(ddp_model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-            },
-        )
-
-    run_steps(
-        ddp_model,
+    return fit(
+        model,
         optimizer,
-        batches,
-        loss_fn,
+        dataset,
+        sampler=lambda start, stop: EpochSampler(len(dataset), schedule, world, start, stop),
+        total_steps=per_epoch * schedule.epochs,
+        to_device=_on_device,
+        loss_fn={"segment": segmentation_loss, "probe": probe_loss}[loss],
         lr_at=lambda step: schedule.lr_at(step, per_epoch),
-        stop=stop,
-        start=start,
-        save=save,
-        checkpoint_every=checkpoint_every,
-        metrics=MetricsLog(metrics_log if world.main else None, start_step=start),
-        scaler=scaler,
-        device=device,
-        precision=precision,
+        amp=schedule.amp,
         clip_grad=schedule.clip_grad,
         seed=schedule.seed,
-        rank=world.rank,
         stage=loss,
+        run_settings=run_settings,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        metrics_log=metrics_log,
+        device=device,
+        world=world,
+        workers=workers,
         progress=progress,
+        stop_after=stop_after,
+        sync_batchnorm=True,
     )
-    return unwrap(ddp_model)
 
 
 def probe_network(model: nn.Module, num_classes: int) -> nn.Module:

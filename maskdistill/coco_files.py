@@ -1,0 +1,81 @@
+"""The pipeline's COCO JSON files read as Python: annotations by image, masks, predictions.
+
+Stage 2 writes one annotation per image (the pseudo ground truth), stage 3 many scored
+predictions per image; stages 4-5, the metrics and the pictures read them with these helpers. They
+live apart from the metrics so that a change to how metrics are computed or printed changes no
+code fingerprint of a stage that reads these files (no rerun of select or segment).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from maskdistill.data import ImageRecord
+from maskdistill.masks import decode_rle
+
+
+def index_annotations(coco: Mapping[str, Any], source: str) -> tuple[dict[str, list[dict]], int]:
+    """file name -> the image's annotations (JSON order), and the number of categories.
+
+    Checks that every ``category_id`` lies in 1..number of categories.
+
+    Raises:
+        ValueError: naming ``source`` (the JSON's path) for a malformed COCO dict.
+    """
+    try:
+        names = {image["id"]: image["file_name"] for image in coco["images"]}
+        num_categories = len(coco["categories"])
+        by_name: dict[str, list[dict]] = {name: [] for name in names.values()}
+        for ann in coco["annotations"]:
+            if not 1 <= ann["category_id"] <= num_categories:
+                raise ValueError(
+                    f"{source}: annotation {ann.get('id')} has category_id {ann['category_id']}, "
+                    f"expected 1..{num_categories} (1 + cluster index)"
+                )
+            by_name[names[ann["image_id"]]].append(ann)
+        return by_name, num_categories
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{source}: not a COCO instances JSON ({error!r} missing)") from error
+
+
+def one_per_image(annotations: Mapping[str, list[dict]], source: str) -> dict[str, dict]:
+    """file name -> the image's single annotation (images without one are left out).
+
+    Raises ValueError naming ``source`` when an image has more than one (stage 2 writes one).
+    """
+    single = {}
+    for name, anns in annotations.items():
+        if len(anns) > 1:
+            raise ValueError(f"{source}: image {name!r} has more than one annotation")
+        if anns:
+            single[name] = anns[0]
+    return single
+
+
+def annotation_mask(ann: Mapping[str, Any], record: ImageRecord, source: str) -> np.ndarray:
+    """The bool (H, W) mask of an annotation, checked against the image's size."""
+    return decode_rle(
+        ann["segmentation"], (record.height, record.width), f"{source}: {record.file_name!r}"
+    )
+
+
+def by_image(predictions: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """file name -> the image's predictions in descending score."""
+    grouped: dict[str, list[Mapping[str, Any]]] = {}
+    for p in predictions:
+        grouped.setdefault(p["file_name"], []).append(p)
+    for group in grouped.values():
+        group.sort(key=lambda p: -p["score"])
+    return grouped
+
+
+def most_confident(predictions: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The single best-scoring prediction of each image (the "single" protocol)."""
+    best: dict[str, Mapping[str, Any]] = {}
+    for p in predictions:
+        if p["file_name"] not in best or p["score"] > best[p["file_name"]]["score"]:
+            best[p["file_name"]] = p
+    return list(best.values())
