@@ -37,7 +37,7 @@ METRICS = [
     ("distill", "mask AP50 (multi)", "stage 3 mask AP50 multi"),
     ("distill", "mask AP50 (single)", "stage 3 mask AP50 single"),
     ("distill", "mIoU", "stage 3 painted mIoU"),
-    ("select", "mIoU", "stage 4 mIoU (train images it labels)"),
+    ("select", "mIoU", "stage 4 mIoU (the train + val images it labels)"),
     ("select", "share of images reaching tau", "stage 4 images reaching tau"),
     ("select", "mIoU (images reaching tau)", "stage 4 mIoU, images reaching tau"),
     ("select", "stage-2 mIoU (same images)", "stage 2 mIoU, the same images"),
