@@ -8,11 +8,13 @@ command-line flags and settings classes take theirs from :func:`defaults`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import os
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import jsonschema
 import yaml
@@ -93,3 +95,20 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ValueError(f"{path}: the config must be a mapping of keys to values")
     return validate_config(config)
+
+
+S = TypeVar("S", bound="Settings")
+
+
+class Settings:
+    """Base of the frozen dataclasses that hold a config section's settings (or some of them)."""
+
+    config_prefix: ClassVar[str] = ""  # the settings' names in the section: prefix + field name
+
+    @classmethod
+    def from_config(cls: type[S], values: Mapping[str, Any]) -> S:
+        """The settings among ``values`` (a config section, a command's parsed arguments or a
+        model file's settings); lists become tuples, as the fields are annotated."""
+        names = (f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        found = {name: values[cls.config_prefix + name] for name in names}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in found.items()})

@@ -24,6 +24,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -399,6 +400,37 @@ def run_steps(
             bar.update()
 
 
+@dataclass(frozen=True)
+class TrainingRun:
+    """Where a training job keeps its state and how it runs (nothing here changes the weights).
+
+    Attributes:
+        run_settings: everything that decides the result (stored in the checkpoint; a resume
+            with other settings is refused).
+        checkpoint: the rolling checkpoint file (resumed from when it exists and ``resume``).
+        checkpoint_every: steps between checkpoints.
+        resume: continue from ``checkpoint`` when it exists.
+        metrics_log: JSON lines, one per step, written by the main process.
+        device: where the network trains.
+        world: the DDP processes (one: no DDP).
+        workers: DataLoader processes loading images.
+        progress: show a progress bar.
+        stop_after: stop (with a checkpoint) once this many steps are done, for time-sliced
+            runs; the schedule stays that of the whole run.
+    """
+
+    run_settings: Mapping[str, Any]
+    checkpoint: Path
+    checkpoint_every: int
+    resume: bool
+    metrics_log: Path | None
+    device: torch.device
+    world: World
+    workers: int = 0
+    progress: bool = True
+    stop_after: int | None = None
+
+
 class StepSampler:
     """A DataLoader batch sampler over the steps ``start`` .. ``stop - 1`` of a training run.
 
@@ -435,16 +467,7 @@ def fit(
     clip_grad: float,
     seed: int,
     stage: str,
-    run_settings: Mapping[str, Any],
-    checkpoint: str | Path,
-    checkpoint_every: int,
-    resume: bool,
-    metrics_log: str | Path | None,
-    device: torch.device,
-    world: World,
-    workers: int = 0,
-    progress: bool = True,
-    stop_after: int | None = None,
+    run: TrainingRun,
     sync_batchnorm: bool = False,
 ) -> nn.Module:
     """Train ``model`` for ``total_steps`` steps, resuming from ``checkpoint``; return it trained.
@@ -457,30 +480,29 @@ def fit(
     and its learning rate ``lr_at(step)``.
 
     Args:
-        stop_after: stop (with a checkpoint) once this many steps are done, for time-sliced
-            runs; the schedule stays that of ``total_steps``.
+        run: where the job keeps its state and how it runs.
         sync_batchnorm: batch-norm statistics over all processes (DeepLab's BatchNorm).
     """
-    checkpoint = Path(checkpoint)
+    device, world, checkpoint = run.device, run.world, Path(run.checkpoint)
     precision = training_precision(device, amp)
     scaler = torch.amp.GradScaler(device.type, enabled=precision != "fp32")
     start = 0
-    if resume and checkpoint.exists():
-        payload = load_checkpoint(checkpoint, run_settings)
+    if run.resume and checkpoint.exists():
+        payload = load_checkpoint(checkpoint, run.run_settings)
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         scaler.load_state_dict(payload["scaler"])
         restore_rng(payload)
         start = int(payload["step"])
         log.info("resumed from %s at step %d", checkpoint, start)
-    stop = total_steps if stop_after is None else min(stop_after, total_steps)
+    stop = total_steps if run.stop_after is None else min(run.stop_after, total_steps)
     if sync_batchnorm and world.size > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ddp_model = wrap(model, world, device)
     ddp_model.train()
     steps = sampler(start, stop)
     loader = DataLoader(
-        dataset, batch_sampler=steps, num_workers=loader_workers(workers), collate_fn=list
+        dataset, batch_sampler=steps, num_workers=loader_workers(run.workers), collate_fn=list
     )
     batches = (
         (step, to_device(samples, device))
@@ -490,7 +512,7 @@ def fit(
     def save(done: int) -> None:
         states = {"model": unwrap(ddp_model).state_dict(), "optimizer": optimizer.state_dict()}
         states["scaler"] = scaler.state_dict()
-        save_checkpoint(checkpoint, step=done, settings=run_settings, states=states)
+        save_checkpoint(checkpoint, step=done, settings=run.run_settings, states=states)
 
     run_steps(
         ddp_model,
@@ -501,8 +523,8 @@ def fit(
         stop=stop,
         start=start,
         save=save,
-        checkpoint_every=checkpoint_every,
-        metrics=MetricsLog(metrics_log if world.main else None, start_step=start),
+        checkpoint_every=run.checkpoint_every,
+        metrics=MetricsLog(run.metrics_log if world.main else None, start_step=start),
         scaler=scaler,
         device=device,
         precision=precision,
@@ -510,7 +532,7 @@ def fit(
         seed=seed,
         rank=world.rank,
         stage=stage,
-        progress=progress,
+        progress=run.progress,
     )
     return unwrap(ddp_model)
 

@@ -33,7 +33,7 @@ from maskdistill.distill.train import DistillTrainSettings, train_maskrcnn
 from maskdistill.distributed import World
 from maskdistill.masks import encode_rle, mask_annotation, mask_box
 from maskdistill.models.maskrcnn import MaskRCNNSettings, build_maskrcnn, for_prediction
-from maskdistill.training import seeded
+from maskdistill.training import TrainingRun, seeded
 from maskdistill.workflow import cli_flags
 
 # a tiny ViT-backed Mask R-CNN that trains in seconds on 64 x 80 images
@@ -197,10 +197,7 @@ def _train(scenes, tmp_path: Path, stop_after=None, **overrides) -> torch.nn.Mod
     train = DistillTrainSettings.from_config(values)
     with seeded(train.seed):
         model, _ = build_maskrcnn(2, MaskRCNNSettings.from_config(values))
-    return train_maskrcnn(
-        model,
-        DistillDataset(data.images, train.seed),
-        train,
+    run = TrainingRun(
         run_settings=values,
         checkpoint=tmp_path / "checkpoint.pth",
         checkpoint_every=2,
@@ -211,6 +208,7 @@ def _train(scenes, tmp_path: Path, stop_after=None, **overrides) -> torch.nn.Mod
         progress=False,
         stop_after=stop_after,
     )
+    return train_maskrcnn(model, DistillDataset(data.images, train.seed), train, run)
 
 
 def _predict(model, scenes) -> list[dict]:

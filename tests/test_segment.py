@@ -29,7 +29,7 @@ from maskdistill.segment.data import Augmentation, LabelledImage, SegmentationDa
 from maskdistill.segment.loss import ohem_cross_entropy
 from maskdistill.segment.predict import predict_label_maps
 from maskdistill.segment.train import EpochSchedule, probe_network, train_epochs
-from maskdistill.training import seeded
+from maskdistill.training import TrainingRun, seeded
 
 TINY_VIT = "random:patch=8,width=32,depth=1,heads=2,img=32,seed=0"
 NETWORK = DeepLabSettings(arch="vit", init=TINY_VIT, freeze_layers=0, head_channels=16)
@@ -121,11 +121,7 @@ def _train(items, tmp_path, network=NETWORK, stop_after=None, loss="segment", mo
     else:
         norm = build_deeplab(3, network)[1]
     dataset = SegmentationDataset(items, AUGMENT, norm, plan.seed)
-    trained = train_epochs(
-        model,
-        dataset,
-        plan,
-        loss=loss,
+    run = TrainingRun(
         run_settings={"test": True, **kw},
         checkpoint=tmp_path / "checkpoint.pth",
         checkpoint_every=3,
@@ -136,6 +132,7 @@ def _train(items, tmp_path, network=NETWORK, stop_after=None, loss="segment", mo
         progress=False,
         stop_after=stop_after,
     )
+    trained = train_epochs(model, dataset, plan, run, loss=loss)
     return trained, norm
 
 

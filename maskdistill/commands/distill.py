@@ -28,6 +28,7 @@ from maskdistill.commands.settings_args import add_settings_arguments, settings_
 from maskdistill.commands.training_job import (
     add_training_arguments,
     finish_training,
+    start_training,
     weights_saver,
 )
 from maskdistill.config import defaults
@@ -92,7 +93,7 @@ def run_train(args: argparse.Namespace) -> None:
     from maskdistill.models.maskrcnn import MaskRCNNSettings, build_maskrcnn
     from maskdistill.provenance import provenance
     from maskdistill.runtime import resolve_device, set_threads
-    from maskdistill.training import resume_files, seeded
+    from maskdistill.training import seeded
 
     device = resolve_device(args.device)
     world = distributed.init(device)
@@ -100,29 +101,15 @@ def run_train(args: argparse.Namespace) -> None:
     set_threads(args.threads)
     data = _training_data(args)
     run_settings = _run_settings(args, data.num_categories)
-    checkpoint, metrics = resume_files(args.resume_dir, run_settings, world.main)
-    distributed.barrier(world)
+    run = start_training(args, run_settings, world, device)
     settings = DistillTrainSettings.from_config(vars(args))
     with seeded(settings.seed):
         model, _ = build_maskrcnn(data.num_categories, MaskRCNNSettings.from_config(vars(args)))
-    model.to(device)
-    trained = train_maskrcnn(
-        model,
-        DistillDataset(data.images, settings.seed, flip=settings.flip),
-        settings,
-        run_settings=run_settings,
-        checkpoint=checkpoint,
-        checkpoint_every=args.checkpoint_every,
-        resume=not args.no_resume,
-        metrics_log=metrics,
-        device=device,
-        world=world,
-        workers=args.workers,
-        progress=args.progress,
-    )
+    dataset = DistillDataset(data.images, settings.seed, flip=settings.flip)
+    trained = train_maskrcnn(model.to(device), dataset, settings, run)
     if world.main:
         saver = weights_saver(trained.state_dict(), run_settings, {"provenance": provenance()})
-        finish_training(args, saver, metrics)
+        finish_training(args, saver, run.metrics_log)
     distributed.close(world)
 
 

@@ -35,6 +35,7 @@ from maskdistill.commands.settings_args import add_settings_arguments, settings_
 from maskdistill.commands.training_job import (
     add_training_arguments,
     finish_training,
+    start_training,
     weights_saver,
 )
 from maskdistill.config import defaults
@@ -52,7 +53,7 @@ from maskdistill.segment.crf import CRFSettings
 from maskdistill.segment.data import Augmentation, SegmentationDataset, labelled_images
 from maskdistill.segment.predict import predict_label_maps
 from maskdistill.segment.train import EpochSchedule, probe_network, train_epochs
-from maskdistill.training import load_weights, resume_files, seeded
+from maskdistill.training import load_weights, seeded
 
 log = logging.getLogger(__name__)
 
@@ -122,27 +123,12 @@ def _train(
     device,
 ) -> None:
     """Train ``model`` on ``items`` (resuming a run with the same settings), write --out."""
-    checkpoint, metrics = resume_files(args.resume_dir, run_settings, world.main)
-    distributed.barrier(world)
+    run = start_training(args, run_settings, world, device)
     dataset = SegmentationDataset(items, Augmentation.from_config(vars(args)), norm, schedule.seed)
-    trained = train_epochs(
-        model.to(device),
-        dataset,
-        schedule,
-        loss=loss,
-        run_settings=run_settings,
-        checkpoint=checkpoint,
-        checkpoint_every=args.checkpoint_every,
-        resume=not args.no_resume,
-        metrics_log=metrics,
-        device=device,
-        world=world,
-        workers=args.workers,
-        progress=args.progress,
-    )
+    trained = train_epochs(model.to(device), dataset, schedule, run, loss=loss)
     if world.main:
         saver = weights_saver(trained.state_dict(), run_settings, {"provenance": provenance()})
-        finish_training(args, saver, metrics)
+        finish_training(args, saver, run.metrics_log)
     distributed.close(world)
 
 

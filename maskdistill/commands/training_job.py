@@ -1,4 +1,4 @@
-"""What every training command shares: its resume options and its end.
+"""What every training command shares: its resume options, its start and its end.
 
 A training job (``distill train``, ``segment train``, ``segment probe``) checkpoints into
 ``--resume-dir`` and resumes from there after a kill; at the end the main process writes the
@@ -14,9 +14,15 @@ import logging
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from maskdistill.config import defaults
+
+if TYPE_CHECKING:
+    import torch
+
+    from maskdistill.distributed import World
+    from maskdistill.training import TrainingRun
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,30 @@ def add_training_arguments(parser: argparse.ArgumentParser, section: str, unit: 
         action=argparse.BooleanOptionalAction,
         default=False,
         help="keep the resume folder's checkpoints after a finished training",
+    )
+
+
+def start_training(
+    args: argparse.Namespace, run_settings: Mapping[str, Any], world: World, device: torch.device
+) -> TrainingRun:
+    """The job's :class:`~maskdistill.training.TrainingRun`: its resume files in --resume-dir
+    (a checkpoint of other settings is removed there by the main process; the other processes
+    wait for it), the command's run options."""
+    from maskdistill.distributed import barrier
+    from maskdistill.training import TrainingRun, resume_files
+
+    checkpoint, metrics = resume_files(args.resume_dir, run_settings, world.main)
+    barrier(world)
+    return TrainingRun(
+        run_settings=run_settings,
+        checkpoint=checkpoint,
+        checkpoint_every=args.checkpoint_every,
+        resume=not args.no_resume,
+        metrics_log=metrics,
+        device=device,
+        world=world,
+        workers=args.workers,
+        progress=args.progress,
     )
 
 

@@ -10,7 +10,7 @@ image in (padded shape, file name) order, whatever the batch size or number of w
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from maskdistill.config import Settings
 from maskdistill.data.base import ImageRecord
 from maskdistill.discover.feature import (
     FEATURES,
@@ -35,7 +36,7 @@ from maskdistill.runtime import autocast
 
 
 @dataclass(frozen=True)
-class DiscoverSettings:
+class DiscoverSettings(Settings):
     """The settings that decide a record's content (docs/method.md, stage 1 and the feature).
 
     Defaults: the config schema's ``discover`` section (:meth:`from_config`).
@@ -73,11 +74,6 @@ class DiscoverSettings:
         for name, (ok, wanted) in checks.items():
             if not ok:
                 raise ValueError(f"{name}: expected {wanted}, got {getattr(self, name)!r}")
-
-    @classmethod
-    def from_config(cls, values: Mapping[str, Any]) -> DiscoverSettings:
-        """The settings among ``values`` (e.g. the config's ``discover`` section)."""
-        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -10,23 +10,27 @@ a rerun resumes from it.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 
+from maskdistill.config import Settings
 from maskdistill.distill.data import DistillDataset, step_batches
 from maskdistill.distributed import World
-from maskdistill.training import StepSampler, fit, parameter_groups, step_decay_schedule
+from maskdistill.training import (
+    StepSampler,
+    TrainingRun,
+    fit,
+    parameter_groups,
+    step_decay_schedule,
+)
 
 REFERENCE_BATCH = 16  # ``lr`` is the learning rate of this total batch (detectron2's)
 
 
 @dataclass(frozen=True)
-class DistillTrainSettings:
+class DistillTrainSettings(Settings):
     """The training schedule (config ``distill``; docs/method.md, stage 3).
 
     Attributes:
@@ -56,12 +60,6 @@ class DistillTrainSettings:
     flip: bool
     amp: bool
     seed: int
-
-    @classmethod
-    def from_config(cls, values: dict[str, Any]) -> DistillTrainSettings:
-        fields = {f.name: values[f.name] for f in dataclasses.fields(cls)}
-        fields["lr_steps"] = tuple(fields["lr_steps"])
-        return cls(**fields)
 
     @property
     def scaled_lr(self) -> float:
@@ -122,31 +120,15 @@ def train_maskrcnn(
     model: torch.nn.Module,
     dataset: DistillDataset,
     settings: DistillTrainSettings,
-    *,
-    run_settings: dict[str, Any],
-    checkpoint: str | Path,
-    checkpoint_every: int,
-    resume: bool,
-    metrics_log: str | Path | None,
-    device: torch.device,
-    world: World,
-    workers: int = 0,
-    progress: bool = True,
-    stop_after: int | None = None,
+    run: TrainingRun,
 ) -> torch.nn.Module:
     """Train (or resume) ``model`` to ``settings.iterations``; return the trained network.
 
     Args:
-        model: the Mask R-CNN, on ``device``.
+        model: the Mask R-CNN, on ``run.device``.
         dataset: the training samples.
-        run_settings: everything that decides the result (stored in the checkpoint; a resume
-            with other settings is refused).
-        checkpoint: the rolling checkpoint file (resumed from when it exists and ``resume``).
-        metrics_log: JSON lines, one per iteration (rank 0).
-        world: the DDP processes (one: no DDP).
-        workers: DataLoader processes loading images.
-        stop_after: stop (with a checkpoint) once this many iterations are done, for
-            time-sliced runs; the schedule stays that of ``settings.iterations``.
+        settings: the schedule.
+        run: where the job keeps its state and how it runs.
     """
     optimizer = torch.optim.SGD(
         parameter_groups(model, settings.weight_decay, norm_decay=0.0),
@@ -157,7 +139,7 @@ def train_maskrcnn(
         model,
         optimizer,
         dataset,
-        sampler=lambda start, stop: DistillSampler(dataset, settings, world, start, stop),
+        sampler=lambda start, stop: DistillSampler(dataset, settings, run.world, start, stop),
         total_steps=settings.iterations,
         to_device=_on_device,
         loss_fn=_detection_losses,
@@ -166,14 +148,5 @@ def train_maskrcnn(
         clip_grad=settings.clip_grad,
         seed=settings.seed,
         stage="distill",
-        run_settings=run_settings,
-        checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-        metrics_log=metrics_log,
-        device=device,
-        world=world,
-        workers=workers,
-        progress=progress,
-        stop_after=stop_after,
+        run=run,
     )

@@ -14,7 +14,6 @@ is output stride 8 too); ``freeze_layers`` > 0 freezes the ViT. ``head_channels`
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabV3
 
+from maskdistill.config import Settings
 from maskdistill.models import vit
 from maskdistill.models.norm import Normalization
 from maskdistill.models.resnet import build_resnet, load_resnet_weights, resnet_weights
@@ -34,7 +34,7 @@ STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
 
 
 @dataclass(frozen=True)
-class DeepLabSettings:
+class DeepLabSettings(Settings):
     """The network (config ``segment``; docs/method.md, stage 5).
 
     Attributes:
@@ -49,10 +49,6 @@ class DeepLabSettings:
     init: str
     freeze_layers: int
     head_channels: int
-
-    @classmethod
-    def from_config(cls, values: dict[str, Any]) -> DeepLabSettings:
-        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
 
 
 def deeplab_head(in_channels: int, num_outputs: int, channels: int) -> nn.Sequential:

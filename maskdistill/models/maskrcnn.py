@@ -22,10 +22,8 @@ initial weights and resizes them: in training each image to a shorter side drawn
 
 from __future__ import annotations
 
-import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +41,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform, res
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from maskdistill.config import Settings
 from maskdistill.models import vit
 from maskdistill.models.norm import Normalization
 from maskdistill.models.resnet import (
@@ -57,7 +56,7 @@ BACKBONE_STAGES = ("layer4", "layer3", "layer2", "layer1", "conv1")
 
 
 @dataclass(frozen=True)
-class MaskRCNNSettings:
+class MaskRCNNSettings(Settings):
     """The architecture and its input sizes (config ``distill``; docs/method.md, stage 3).
 
     Attributes:
@@ -96,13 +95,6 @@ class MaskRCNNSettings:
     roi_batch_size: int
     score_floor: float
     detections_per_image: int
-
-    @classmethod
-    def from_config(cls, values: dict[str, Any]) -> MaskRCNNSettings:
-        """The settings among ``values`` (the config's ``distill`` section or a checkpoint's)."""
-        fields = {f.name: values[f.name] for f in dataclasses.fields(cls)}
-        fields["train_sizes"] = tuple(fields["train_sizes"])
-        return cls(**fields)
 
 
 def group_norm(channels: int) -> nn.GroupNorm:

@@ -7,18 +7,20 @@ kernel (sxy 1, compatibility 3) and a bilateral kernel (sxy 67, srgb 3, compatib
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+
+from maskdistill.config import Settings
 
 INSTALL = "pip install 'maskdistill[crf]' (or pip install pydensecrf2)"
 
 
 @dataclass(frozen=True)
-class CRFSettings:
+class CRFSettings(Settings):
     """The dense CRF's kernels and iterations (config ``segment.crf_<name>``)."""
+
+    config_prefix = "crf_"
 
     gaussian_sxy: float
     gaussian_compat: float
@@ -26,11 +28,6 @@ class CRFSettings:
     bilateral_srgb: float
     bilateral_compat: float
     iterations: int
-
-    @classmethod
-    def from_config(cls, values: dict[str, Any]) -> CRFSettings:
-        """From the ``crf_<name>`` settings among ``values``."""
-        return cls(**{f.name: values[f"crf_{f.name}"] for f in dataclasses.fields(cls)})
 
 
 def crf_available() -> bool:

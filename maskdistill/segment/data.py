@@ -13,11 +13,9 @@ resized (bicubic) and normalised.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +23,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
+from maskdistill.config import Settings
 from maskdistill.data.base import ImageRecord
 from maskdistill.images import load_image
 from maskdistill.loader import image_tensor
@@ -35,19 +34,13 @@ BACKGROUND = 0  # the label of pixels brought in from outside the image (the ref
 
 
 @dataclass(frozen=True)
-class Augmentation:
+class Augmentation(Settings):
     """Training augmentation settings (config ``segment``)."""
 
     size: int  # pixels, the side of the square network input (reference 512)
     scale_range: tuple[float, float]  # reference (0.75, 1.25)
     rotation: float  # degrees, reference 5
     flip: bool
-
-    @classmethod
-    def from_config(cls, values: dict[str, Any]) -> Augmentation:
-        fields = {f.name: values[f.name] for f in dataclasses.fields(cls)}
-        fields["scale_range"] = tuple(fields["scale_range"])
-        return cls(**fields)
 
 
 @dataclass(frozen=True)

@@ -10,25 +10,29 @@ final model is the result: no epoch is picked by its validation score.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskdistill.config import Settings
 from maskdistill.distributed import World
 from maskdistill.masks import IGNORE
 from maskdistill.segment.data import SegmentationDataset, epoch_order
 from maskdistill.segment.loss import ohem_cross_entropy
-from maskdistill.training import StepSampler, fit, parameter_groups, step_decay_schedule
+from maskdistill.training import (
+    StepSampler,
+    TrainingRun,
+    fit,
+    parameter_groups,
+    step_decay_schedule,
+)
 
 
 @dataclass(frozen=True)
-class EpochSchedule:
+class EpochSchedule(Settings):
     """An epoch-based SGD schedule (config ``segment``, ``probe``).
 
     Attributes:
@@ -53,12 +57,6 @@ class EpochSchedule:
     clip_grad: float
     amp: bool
     seed: int
-
-    @classmethod
-    def from_config(cls, values: dict[str, Any]) -> EpochSchedule:
-        fields = {f.name: values[f.name] for f in dataclasses.fields(cls)}
-        fields["lr_epochs"] = tuple(fields["lr_epochs"])
-        return cls(**fields)
 
     def steps_per_epoch(self, images: int) -> int:
         """Full batches per epoch (raises ValueError when there is not even one)."""
@@ -117,28 +115,17 @@ def train_epochs(
     model: nn.Module,
     dataset: SegmentationDataset,
     schedule: EpochSchedule,
+    run: TrainingRun,
     *,
     loss: str,
-    run_settings: dict[str, Any],
-    checkpoint: str | Path,
-    checkpoint_every: int,
-    resume: bool,
-    metrics_log: str | Path | None,
-    device: torch.device,
-    world: World,
-    workers: int = 0,
-    progress: bool = True,
-    stop_after: int | None = None,
 ) -> nn.Module:
     """Train (or resume) ``model`` for ``schedule.epochs`` epochs; return the trained network.
 
     Args:
-        model: the network on ``device``; only its parameters with ``requires_grad`` train.
+        model: the network on ``run.device``; only its parameters with ``requires_grad`` train.
+        schedule: the epochs, batch and learning rate.
+        run: where the job keeps its state and how it runs.
         loss: ``segment`` (hard pixel mining) or ``probe`` (cross-entropy).
-        run_settings: everything that decides the result (stored in the checkpoint).
-        checkpoint_every: steps between checkpoints.
-        stop_after: stop (with a checkpoint) after this many steps (time-sliced runs).
-    Other arguments as :func:`maskdistill.distill.train.train_maskrcnn`.
     """
     optimizer = torch.optim.SGD(
         parameter_groups(model, schedule.weight_decay), lr=schedule.lr, momentum=schedule.momentum
@@ -148,7 +135,7 @@ def train_epochs(
         model,
         optimizer,
         dataset,
-        sampler=lambda start, stop: EpochSampler(len(dataset), schedule, world, start, stop),
+        sampler=lambda start, stop: EpochSampler(len(dataset), schedule, run.world, start, stop),
         total_steps=per_epoch * schedule.epochs,
         to_device=_on_device,
         loss_fn={"segment": segmentation_loss, "probe": probe_loss}[loss],
@@ -157,16 +144,7 @@ def train_epochs(
         clip_grad=schedule.clip_grad,
         seed=schedule.seed,
         stage=loss,
-        run_settings=run_settings,
-        checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-        metrics_log=metrics_log,
-        device=device,
-        world=world,
-        workers=workers,
-        progress=progress,
-        stop_after=stop_after,
+        run=run,
         sync_batchnorm=True,
     )
 
