@@ -34,6 +34,7 @@ from torchvision import transforms
 from maskdistill.config import defaults
 from maskdistill.data import open_dataset
 from maskdistill.discover.batch import DiscoverSettings, batch_masks, input_batches
+from maskdistill.loader import PredictionRun
 from maskdistill.models import vit
 from maskdistill.models.norm import IMAGENET
 from maskdistill.provenance import machine_description
@@ -130,9 +131,8 @@ def maskdistill_masks(
     """Grid masks by file name through the batched path (image loading + masks, no feature)."""
     records = open_dataset({"kind": "folder", "root": str(folder)}).records()
     models = vit.Backbones(model, model)
-    batches = input_batches(
-        records, models, SETTINGS, batch_size=batch_size, workers=workers, progress=False
-    )
+    run = PredictionRun(device, batch_size=batch_size, workers=workers, progress=False)
+    batches = input_batches(records, models, SETTINGS, run)
     masks = {}
     with torch.inference_mode():
         for items in batches:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -122,17 +122,37 @@ def readable_headers(
     return usable, keys
 
 
+@dataclass
+class PredictionRun:
+    """How a prediction job runs over its images (only ``precision`` can change a result).
+
+    Attributes:
+        device: where the network runs.
+        batch_size: images per forward pass (at most; a batch holds images of one input shape).
+        workers: DataLoader worker processes decoding images (0: in this process).
+        precision: "fp32", or "fp16"/"bf16" autocast.
+        on_bad_image: "error" raises BadImageError; "skip" appends (file_name, reason) to
+            ``skipped`` and goes on.
+        skipped: the images skipped so far, appended to.
+        progress: show progress (a bar on a terminal, log lines otherwise).
+    """
+
+    device: torch.device
+    batch_size: int = 8
+    workers: int = 0
+    precision: str = "fp32"
+    on_bad_image: str = "error"
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    progress: bool = True
+
+
 def image_batches(
     records: Sequence[ImageRecord],
     *,
     prepare: Callable[[Any, ImageRecord], Any],
     predict_key: Callable[[tuple[int, int]], Hashable],
     actual_key: Callable[[Any], Hashable],
-    batch_size: int,
-    workers: int = 0,
-    on_bad_image: str = "error",
-    skipped: list[tuple[str, str]] | None = None,
-    progress: bool = True,
+    run: PredictionRun,
     desc: str = "images",
 ) -> Iterator[list[Loaded]]:
     """Prepared images in batches of one key, in (key, file name) order.
@@ -142,24 +162,19 @@ def image_batches(
         prepare: ``prepare(image (H, W, 3) uint8, record) -> value``, run in the workers.
         predict_key: batch key from an image's header (H, W), for grouping before decoding.
         actual_key: batch key of a prepared value, for regrouping after decoding.
-        batch_size: images per batch (at most).
-        workers: DataLoader worker processes decoding images (0: in this process).
-        on_bad_image: "error" raises BadImageError; "skip" appends (file_name, reason) to
-            ``skipped`` and goes on.
-        skipped: the skip list to append to.
-        progress: show progress (a bar on a terminal, log lines otherwise).
+        run: batch size, workers, what to do with a bad image, progress.
         desc: the progress line's label.
     """
-    skipped = [] if skipped is None else skipped
+    on_bad_image, skipped = run.on_bad_image, run.skipped
     usable, keys = readable_headers(records, predict_key, on_bad_image, skipped)
-    batches = bucket_batches(keys, [r.file_name for r in usable], batch_size)
+    batches = bucket_batches(keys, [r.file_name for r in usable], run.batch_size)
     loader = DataLoader(
         PreparedImages(usable, prepare, on_bad_image),
         batch_sampler=batches,
-        num_workers=loader_workers(workers),
+        num_workers=loader_workers(run.workers),
         collate_fn=list,
     )
-    with Progress(len(records), desc, "images", enabled=progress) as bar:
+    with Progress(len(records), desc, "images", enabled=run.progress) as bar:
         bar.update(len(records) - len(usable))
         for items in loader:
             groups: dict[Hashable, list[Loaded]] = defaultdict(list)

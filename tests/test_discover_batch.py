@@ -26,7 +26,7 @@ from maskdistill.config import defaults
 from maskdistill.data import open_dataset
 from maskdistill.discover import batch
 from maskdistill.images import read_skipped
-from maskdistill.loader import bucket_batches
+from maskdistill.loader import PredictionRun, bucket_batches
 from maskdistill.masks import mask_box
 from maskdistill.models import vit
 from maskdistill.models.norm import IMAGENET
@@ -251,11 +251,8 @@ def _records(folder: Path, sizes, **kwargs) -> list[dict]:
         | {"resize": kwargs.pop("resize", 32), "heads": 3, "feature": kwargs.pop("feature", "crop")}
         | {"feature_max_side": kwargs.pop("feature_max_side", 640)}
     )
-    return list(
-        batch.discover_records(
-            records, models, settings, device=torch.device("cpu"), progress=False, **kwargs
-        )
-    )
+    run = PredictionRun(device=torch.device("cpu"), progress=False, **kwargs)
+    return list(batch.discover_records(records, models, settings, run))
 
 
 def test_edge_cases_tiny_image_one_patch_and_extreme_aspect(tmp_path):

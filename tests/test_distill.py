@@ -31,6 +31,7 @@ from maskdistill.distill.data import (
 from maskdistill.distill.predict import predict_images
 from maskdistill.distill.train import DistillTrainSettings, train_maskrcnn
 from maskdistill.distributed import World
+from maskdistill.loader import PredictionRun
 from maskdistill.masks import encode_rle, mask_annotation, mask_box
 from maskdistill.models.maskrcnn import MaskRCNNSettings, build_maskrcnn, for_prediction
 from maskdistill.training import TrainingRun, seeded
@@ -218,7 +219,9 @@ def _predict(model, scenes) -> list[dict]:
     model = for_prediction(model, MaskRCNNSettings.from_config(settings()))
     return [
         p
-        for image in predict_images(model, records, ids, device=torch.device("cpu"), progress=False)
+        for image in predict_images(
+            model, records, ids, PredictionRun(torch.device("cpu"), progress=False)
+        )
         for p in image
     ]
 

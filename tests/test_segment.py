@@ -15,6 +15,7 @@ from PIL import Image
 from maskdistill import cli
 from maskdistill.config import defaults
 from maskdistill.distributed import World
+from maskdistill.loader import PredictionRun
 from maskdistill.masks import (
     IGNORE,
     label_png_path,
@@ -143,9 +144,8 @@ def _miou(model, norm, items, num_classes=3, mapping=None) -> float:
     truth = {item.file_name: read_label_png(item.labels) for item in items}
     confusion = np.zeros((num_classes, num_classes), np.int64)
     model.eval()
-    for record, labels in predict_label_maps(
-        model, records, size=AUGMENT.size, norm=norm, device=torch.device("cpu"), progress=False
-    ):
+    run = PredictionRun(device=torch.device("cpu"), progress=False)
+    for record, labels in predict_label_maps(model, records, run, size=AUGMENT.size, norm=norm):
         confusion += confusion_matrix(truth[record.file_name], labels, num_classes, num_classes)
     names = [str(i) for i in range(num_classes)]
     return semantic_scores(confusion, names, mapping)["miou"]

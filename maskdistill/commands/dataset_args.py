@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from maskdistill.data import KINDS, Dataset, ImageRecord, open_dataset
+
+if TYPE_CHECKING:
+    from maskdistill.loader import PredictionRun
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -51,3 +54,19 @@ def shard_records(
         args.on_bad_image, skipped, keep=lambda name: shard_of(name, args.num_shards) == args.shard
     )
     return select_shard(records, args.shard, args.num_shards)
+
+
+def prediction_run(args: argparse.Namespace, device: Any) -> PredictionRun:
+    """How a sharded prediction command runs (``--batch-size --workers --precision
+    --on-bad-image --no-progress`` on ``device``), with an empty list of skipped images that
+    :func:`shard_records` and the prediction loop fill."""
+    from maskdistill.loader import PredictionRun
+
+    return PredictionRun(
+        device=device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        precision=args.precision,
+        on_bad_image=args.on_bad_image,
+        progress=args.progress,
+    )

@@ -16,6 +16,7 @@ import logging
 from maskdistill.commands.dataset_args import (
     add_dataset_arguments,
     dataset_spec,
+    prediction_run,
     shard_records,
 )
 from maskdistill.config import defaults
@@ -117,8 +118,8 @@ def run(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     set_threads(args.threads)
     spec = dataset_spec(args)
-    skipped: list[tuple[str, str]] = []
-    mine = shard_records(args, skipped)
+    run = prediction_run(args, device)
+    mine = shard_records(args, run.skipped)
     log.info(
         "shard %d of %d: %d images, device %s, precision %s",
         args.shard,
@@ -143,18 +144,7 @@ def run(args: argparse.Namespace) -> None:
             counts["empty"] += record["empty"]
             yield record
 
-    stream = discover_records(
-        mine,
-        models,
-        settings,
-        device=device,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        precision=args.precision,
-        on_bad_image=args.on_bad_image,
-        skipped=skipped,
-        progress=args.progress,
-    )
+    stream = discover_records(mine, models, settings, run)
     attrs = {
         "backbone": args.backbone,
         "feature_backbone": args.backbone if feature_spec == "same" else feature_spec,
@@ -170,16 +160,16 @@ def run(args: argparse.Namespace) -> None:
         "shard": args.shard,
         "num_shards": args.num_shards,
         "provenance": provenance(),
-        "skipped": skipped,  # filled while the stream is written; stored at the close
+        "skipped": run.skipped,  # filled while the stream is written; stored at the close
     }
     write_shard(args.out, counted(stream), attrs)
-    write_skipped(f"{args.out}.skipped.tsv", skipped)
+    write_skipped(f"{args.out}.skipped.tsv", run.skipped)
     log.info(
         "wrote %s: %d images, %d empty masks, %d skipped",
         args.out,
         counts["images"],
         counts["empty"],
-        len(skipped),
+        len(run.skipped),
     )
     if counts["empty"]:
         log.warning("%d images got an empty mask (flagged 'empty' in the shard)", counts["empty"])

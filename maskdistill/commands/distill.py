@@ -22,6 +22,7 @@ from pathlib import Path
 from maskdistill.commands.dataset_args import (
     add_dataset_arguments,
     open_dataset_from_args,
+    prediction_run,
     shard_records,
 )
 from maskdistill.commands.settings_args import add_settings_arguments, settings_from_args
@@ -165,41 +166,32 @@ def run_train_detectron2(args: argparse.Namespace) -> None:
     finish_training(args, weights_saver(state, run_settings, extra), None)
 
 
-def _torchvision_predictions(args, payload, device, mine, image_ids, skipped):
+def _torchvision_predictions(payload, run, mine, image_ids):
     from maskdistill.distill.predict import predict_images
     from maskdistill.models.maskrcnn import MaskRCNNSettings, build_maskrcnn, for_prediction
 
     settings = MaskRCNNSettings.from_config(payload["settings"])
     model, _ = build_maskrcnn(payload["settings"]["num_classes"], settings)
     model.load_state_dict(payload["model"])
-    model = for_prediction(model, settings).to(device)
-    return predict_images(
-        model, mine, image_ids, device=device, batch_size=args.batch_size,
-        workers=args.workers, precision=args.precision, on_bad_image=args.on_bad_image,
-        skipped=skipped, progress=args.progress,
-    )  # fmt: skip
+    model = for_prediction(model, settings).to(run.device)
+    return predict_images(model, mine, image_ids, run)
 
 
-def _detectron2_predictions(args, payload, device, mine, image_ids, skipped):
-    from maskdistill.distill import detectron2
-
-    if not detectron2.available():
-        raise ValueError(f"{args.model}: a detectron2 model, but detectron2 is not installed: "
-                         f"{detectron2.INSTALL}")  # fmt: skip
+def _detectron2_predictions(payload, run, mine, image_ids):
     from detectron2.config import CfgNode
 
+    from maskdistill.distill import detectron2
+
     cfg = CfgNode.load_cfg(payload["extra"]["detectron2"])
-    model = detectron2.build_predictor(cfg, payload["model"], device)
-    return detectron2.predict_images(
-        model, cfg, mine, image_ids, device=device, batch_size=args.batch_size,
-        workers=args.workers, on_bad_image=args.on_bad_image, skipped=skipped,
-        progress=args.progress,
-    )  # fmt: skip
+    model = detectron2.build_predictor(cfg, payload["model"], run.device)
+    return detectron2.predict_images(model, cfg, mine, image_ids, run)
 
 
 def run_predict(args: argparse.Namespace) -> None:
     """Predictions for the images of one shard, as a COCO results JSON list (either backend's
     network: the model file says which)."""
+    from maskdistill.distill.detectron2 import INSTALL as DETECTRON2_INSTALL
+    from maskdistill.distill.detectron2 import available as detectron2_available
     from maskdistill.images import write_skipped
     from maskdistill.runtime import resolve_device, set_threads
     from maskdistill.training import load_weights
@@ -207,20 +199,23 @@ def run_predict(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     set_threads(args.threads)
     payload = load_weights(args.model)
+    backend = payload["extra"].get("backend", "torchvision")
+    if backend == "detectron2" and not detectron2_available():
+        raise ValueError(f"{args.model}: a detectron2 model, but detectron2 is not installed: "
+                         f"{DETECTRON2_INSTALL}")  # fmt: skip
     index = read_json(args.pseudo_gt)
     image_ids = {image["file_name"]: image["id"] for image in index["images"]}
-    skipped: list[tuple[str, str]] = []
-    mine = [r for r in shard_records(args, skipped) if r.file_name in image_ids]
+    run = prediction_run(args, device)
+    mine = [r for r in shard_records(args, run.skipped) if r.file_name in image_ids]
     log.info("shard %d of %d: %d images on %s", args.shard, args.num_shards, len(mine), device)
-    backend = payload["extra"].get("backend", "torchvision")
     predict = _detectron2_predictions if backend == "detectron2" else _torchvision_predictions
     predictions = [
         entry
-        for image_predictions in predict(args, payload, device, mine, image_ids, skipped)
+        for image_predictions in predict(payload, run, mine, image_ids)
         for entry in image_predictions
     ]
     write_json(args.out, predictions, compact=True)
-    write_skipped(f"{args.out}.skipped.tsv", skipped)
+    write_skipped(f"{args.out}.skipped.tsv", run.skipped)
     log.info("wrote %s: %d predictions for %d images", args.out, len(predictions), len(mine))
 
 

@@ -29,6 +29,7 @@ from maskdistill.coco_files import index_annotations
 from maskdistill.commands.dataset_args import (
     add_dataset_arguments,
     open_dataset_from_args,
+    prediction_run,
     shard_records,
 )
 from maskdistill.commands.settings_args import add_settings_arguments, settings_from_args
@@ -227,33 +228,21 @@ def run_predict(args: argparse.Namespace) -> None:
     model, norm, payload = load_model(args.model)
     settings = payload["settings"]
     model = model.to(device).eval()
-    skipped: list[tuple[str, str]] = []
-    records = shard_records(args, skipped)
+    run = prediction_run(args, device)
+    records = shard_records(args, run.skipped)
     check_collisions([r.file_name for r in records], ".png", args.images)
     crf = CRFSettings.from_config(vars(args)) if args.crf else None
     log.info("shard %d of %d: %d images, CRF %s", args.shard, args.num_shards, len(records), crf)
     with atomic_path(args.out) as tmp:
         tmp.mkdir(parents=True)
-        for record, labels in predict_label_maps(
-            model,
-            records,
-            size=settings["size"],
-            norm=norm,
-            device=device,
-            crf=crf,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            precision=args.precision,
-            on_bad_image=args.on_bad_image,
-            skipped=skipped,
-            progress=args.progress,
-        ):
+        maps = predict_label_maps(model, records, run, size=settings["size"], norm=norm, crf=crf)
+        for record, labels in maps:
             path = label_png_path(tmp, record.file_name)
             path.parent.mkdir(parents=True, exist_ok=True)
             write_label_png(path, labels)
-    write_skipped(f"{str(args.out).rstrip('/')}.skipped.tsv", skipped)
+    write_skipped(f"{str(args.out).rstrip('/')}.skipped.tsv", run.skipped)
     legend = write_legend(out, label_names(settings))
-    log.info("wrote %d label maps to %s, their legend to %s", len(records) - len(skipped),
+    log.info("wrote %d label maps to %s, their legend to %s", len(records) - len(run.skipped),
              args.out, legend)  # fmt: skip
 
 

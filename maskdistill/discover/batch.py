@@ -28,7 +28,7 @@ from maskdistill.discover.feature import (
     scale_to_feature,
 )
 from maskdistill.discover.mask import cls_affinity, object_mask
-from maskdistill.loader import Loaded, image_batches
+from maskdistill.loader import Loaded, PredictionRun, image_batches
 from maskdistill.masks import mask_box, upsample_grid_mask
 from maskdistill.models import vit
 from maskdistill.models.norm import Normalization
@@ -217,12 +217,7 @@ def input_batches(
     records: Sequence[ImageRecord],
     models: vit.Backbones,
     settings: DiscoverSettings,
-    *,
-    batch_size: int = 8,
-    workers: int = 0,
-    on_bad_image: str = "error",
-    skipped: list[tuple[str, str]] | None = None,
-    progress: bool = True,
+    run: PredictionRun,
 ) -> Iterator[list[Loaded]]:
     """Decoded images prepared for both backbones, in batches of one padded input shape.
 
@@ -242,11 +237,7 @@ def input_batches(
         prepare=prepare,
         predict_key=partial(padded_shape, resize=settings.resize, patch=patch),
         actual_key=_input_shape,
-        batch_size=batch_size,
-        workers=workers,
-        on_bad_image=on_bad_image,
-        skipped=skipped,
-        progress=progress,
+        run=run,
         desc="discover",
     )
 
@@ -255,48 +246,23 @@ def discover_records(
     records: Sequence[ImageRecord],
     models: vit.Backbones,
     settings: DiscoverSettings,
-    *,
-    device: torch.device,
-    batch_size: int = 8,
-    workers: int = 0,
-    precision: str = "fp32",
-    on_bad_image: str = "error",
-    skipped: list[tuple[str, str]] | None = None,
-    progress: bool = True,
+    run: PredictionRun,
 ) -> Iterator[dict[str, Any]]:
     """Yield one shard record per readable image, in (padded shape, file name) order.
 
     Args:
         records: the images (e.g. one shard's records).
-        models: backbones, already on ``device`` and in eval mode.
+        models: backbones, already on ``run.device`` and in eval mode.
         settings: the algorithm's settings.
-        device: where the models run.
-        batch_size: images per forward pass (memory is bounded by one batch).
-        workers: DataLoader worker processes decoding images (0: in this process).
-        precision: "fp32", or "fp16"/"bf16" autocast (masks may then differ from fp32).
-        on_bad_image: "error" raises BadImageError; "skip" appends (file_name, reason) to
-            ``skipped`` and goes on.
-        skipped: the skip list to append to.
-        progress: show progress.
+        run: device, batch size (memory is bounded by one batch), precision ("fp16"/"bf16"
+            autocast: masks may then differ from fp32), bad images.
     """
     heads = models.backbone.blocks[-1].attn.num_heads
     if settings.heads > heads:
         raise ValueError(f"heads: {settings.heads} requested, the backbone has only {heads}")
-    batches = input_batches(
-        records,
-        models,
-        settings,
-        batch_size=batch_size,
-        workers=workers,
-        on_bad_image=on_bad_image,
-        skipped=skipped,
-        progress=progress,
-    )
     with torch.inference_mode():
-        for items in batches:
-            yield from _discover_or_skip(
-                items, models, settings, device, precision, on_bad_image, skipped
-            )
+        for items in input_batches(records, models, settings, run):
+            yield from _discover_or_skip(items, models, settings, run)
 
 
 def _out_of_memory(error: BaseException) -> bool:
@@ -310,39 +276,30 @@ def _out_of_memory(error: BaseException) -> bool:
 
 
 def _discover_or_skip(
-    items: Sequence[Loaded],
-    models: vit.Backbones,
-    settings: DiscoverSettings,
-    device: torch.device,
-    precision: str,
-    on_bad_image: str,
-    skipped: list[tuple[str, str]] | None,
+    items: Sequence[Loaded], models: vit.Backbones, settings: DiscoverSettings, run: PredictionRun
 ) -> list[dict[str, Any]]:
     """:func:`discover_batch`; a batch that runs out of memory is retried one image at a time,
     and an image that alone runs out of memory is skipped (``on_bad_image: skip``) or stops the
     shard with its name (``error``): the rest of the shard is kept either way."""
     try:
-        return discover_batch(items, models, settings, device, precision)
+        return discover_batch(items, models, settings, run.device, run.precision)
     except Exception as error:
         if not _out_of_memory(error):
             raise
-        if device.type == "cuda":
+        if run.device.type == "cuda":
             torch.cuda.empty_cache()
         if len(items) > 1:
             return [
                 record
                 for item in items
-                for record in _discover_or_skip(
-                    [item], models, settings, device, precision, on_bad_image, skipped
-                )
+                for record in _discover_or_skip([item], models, settings, run)
             ]
         (item,) = items
         reason = f"out of memory in discover at {item.image_size[1]} x {item.image_size[0]} px"
-        if on_bad_image != "skip":
+        if run.on_bad_image != "skip":
             raise MemoryError(
                 f"{item.record.path}: {reason}; lower discover.feature_max_side or "
                 "resources.discover.batch_size, or set on_bad_image: skip"
             ) from error
-        if skipped is not None:
-            skipped.append((item.record.file_name, reason))
+        run.skipped.append((item.record.file_name, reason))
         return []

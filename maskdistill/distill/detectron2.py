@@ -32,7 +32,7 @@ from maskdistill.data.base import ImageRecord
 from maskdistill.distill.data import TrainingImage
 from maskdistill.distill.predict import MASK_THRESHOLD, detections
 from maskdistill.io import atomic_path
-from maskdistill.loader import image_batches
+from maskdistill.loader import PredictionRun, image_batches
 from maskdistill.names import unsafe_reason
 from maskdistill.preflight import check_pickle
 from maskdistill.runtime import loader_workers
@@ -368,13 +368,7 @@ def predict_images(
     cfg,
     records: Sequence[ImageRecord],
     image_ids: Mapping[str, int],
-    *,
-    device: torch.device,
-    batch_size: int = 4,
-    workers: int = 0,
-    on_bad_image: str = "error",
-    skipped: list[tuple[str, str]] | None = None,
-    progress: bool = True,
+    run: PredictionRun,
 ) -> Iterator[list[dict[str, Any]]]:
     """Yield each readable image's predictions as COCO results entries (the torchvision
     backend's format), batched by image size."""
@@ -385,11 +379,7 @@ def predict_images(
         ),
         predict_key=tuple,
         actual_key=lambda value: (value["height"], value["width"]),
-        batch_size=batch_size,
-        workers=workers,
-        on_bad_image=on_bad_image,
-        skipped=skipped,
-        progress=progress,
+        run=run,
         desc="distill predict (detectron2)",
     )
     from detectron2.structures import ROIMasks

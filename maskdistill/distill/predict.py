@@ -17,7 +17,7 @@ import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from maskdistill.data.base import ImageRecord
-from maskdistill.loader import image_batches, image_tensor
+from maskdistill.loader import PredictionRun, image_batches, image_tensor
 from maskdistill.masks import encode_rle
 from maskdistill.runtime import autocast
 
@@ -85,40 +85,28 @@ def predict_images(
     model: torch.nn.Module,
     records: Sequence[ImageRecord],
     image_ids: Mapping[str, int],
-    *,
-    device: torch.device,
-    batch_size: int = 4,
-    workers: int = 0,
-    precision: str = "fp32",
-    on_bad_image: str = "error",
-    skipped: list[tuple[str, str]] | None = None,
-    progress: bool = True,
+    run: PredictionRun,
 ) -> Iterator[list[dict[str, Any]]]:
     """Yield each readable image's predictions (a list, possibly empty), batched by image size.
 
     Args:
-        model: the Mask R-CNN in evaluation mode, on ``device``.
+        model: the Mask R-CNN in evaluation mode, on ``run.device``.
         records: the images.
         image_ids: file name -> image id of the predictions (the pseudo ground truth's).
-        precision: "fp32", or "fp16"/"bf16" autocast.
-        on_bad_image, skipped: as :func:`maskdistill.loader.image_batches`.
+        run: device, batch size, precision, bad images (:class:`~maskdistill.loader.PredictionRun`).
     """
     batches = image_batches(
         records,
         prepare=_prepare,
         predict_key=_header_size,
         actual_key=_tensor_size,
-        batch_size=batch_size,
-        workers=workers,
-        on_bad_image=on_bad_image,
-        skipped=skipped,
-        progress=progress,
+        run=run,
         desc="distill predict",
     )
     with torch.inference_mode():
         for items in batches:
-            images = [item.value.to(device) for item in items]
-            with autocast(device, precision):
+            images = [item.value.to(run.device) for item in items]
+            with autocast(run.device, run.precision):
                 outputs = model(images)
             for item, output in zip(items, outputs, strict=True):
                 name = item.record.file_name

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from maskdistill.data.base import ImageRecord
-from maskdistill.loader import image_batches
+from maskdistill.loader import PredictionRun, image_batches
 from maskdistill.models.norm import Normalization
 from maskdistill.runtime import autocast
 from maskdistill.segment.crf import CRFSettings, dense_crf
@@ -48,43 +48,33 @@ def _same(_: object) -> int:
 def predict_label_maps(
     model: torch.nn.Module,
     records: Sequence[ImageRecord],
+    run: PredictionRun,
     *,
     size: int,
     norm: Normalization,
-    device: torch.device,
     crf: CRFSettings | None = None,
-    batch_size: int = 8,
-    workers: int = 0,
-    precision: str = "fp32",
-    on_bad_image: str = "error",
-    skipped: list[tuple[str, str]] | None = None,
-    progress: bool = True,
 ) -> Iterator[tuple[ImageRecord, np.ndarray]]:
     """Yield (record, (H, W) int64 labels) for each readable image.
 
     Args:
-        model: the DeepLab in evaluation mode, on ``device``.
+        model: the DeepLab in evaluation mode, on ``run.device``.
+        run: device, batch size, precision, bad images (:class:`~maskdistill.loader.PredictionRun`).
         size: the network's input side (the training ``size``).
         norm: the network's input normalisation.
         crf: refine with a dense CRF (None: plain argmax).
-        other arguments as :func:`maskdistill.loader.image_batches`.
     """
     batches = image_batches(
         records,
         prepare=partial(_prepare, size=size, norm=norm, keep=crf is not None),
         predict_key=_same,
         actual_key=_same,
-        batch_size=batch_size,
-        workers=workers,
-        on_bad_image=on_bad_image,
-        skipped=skipped,
-        progress=progress,
+        run=run,
         desc="segment predict" if crf is None else "segment predict + CRF",
     )
     with torch.inference_mode():
         for items in batches:
-            inputs = torch.stack([item.value.tensor for item in items]).to(device)
-            with autocast(device, precision):
+            inputs = torch.stack([item.value.tensor for item in items]).to(run.device)
+            with autocast(run.device, run.precision):
                 logits = model(inputs)["out"].float()
             for item, item_logits in zip(items, logits, strict=True):
                 if crf is None:
