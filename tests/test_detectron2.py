@@ -125,6 +125,7 @@ def test_a_tiny_detectron2_mask_rcnn_trains_resumes_and_predicts_valid_files(tmp
     check_predictions(json.loads(out.read_text()), coco)  # the torchvision backend's format
 
 
+@needs_detectron2
 def test_the_voc12_preset_converts_a_moco_checkpoint_and_reads_rgb_with_imagenet_statistics(
     tmp_path, repo
 ):
