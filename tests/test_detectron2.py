@@ -88,6 +88,7 @@ def _demo(tmp_path: Path) -> tuple[list[str], Path]:
     return ["--images", str(data), "--dataset-kind", "voc", "--splits", "train", "val"], coco
 
 
+@pytest.mark.slow  # over 10 s: make test-fast leaves it out
 @needs_detectron2
 def test_a_tiny_detectron2_mask_rcnn_trains_resumes_and_predicts_valid_files(tmp_path, caplog):
 

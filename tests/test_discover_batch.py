@@ -385,6 +385,7 @@ def test_bad_settings_fail_before_any_work(images, tmp_path):
     assert not (tmp_path / "x.h5").exists()
 
 
+@pytest.mark.slow  # over 10 s: make test-fast leaves it out
 def test_workflow_reruns_only_a_missing_shard(repo, images, tmp_path):
     """Snakemake dry runs: one job per shard; with one shard present only the other runs."""
     config = yaml.safe_load((repo / "config.yaml").read_text())

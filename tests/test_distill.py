@@ -342,6 +342,7 @@ def _train_command(scenes, out: Path, processes: int) -> list[str]:
             "--out", str(out / "model.pth"), "--metrics", str(out / "m.jsonl")]  # fmt: skip
 
 
+@pytest.mark.slow  # over 10 s: make test-fast leaves it out
 def test_two_gloo_processes_match_one_process_with_the_same_total_batch(scenes, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for processes in (1, 2):
