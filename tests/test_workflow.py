@@ -270,6 +270,19 @@ def test_editing_a_stage_module_reruns_that_stage_and_downstream(demo, module, e
     assert rules_of(jobs) == expected
 
 
+def test_editing_how_metrics_are_computed_or_printed_reruns_no_stage(demo):
+    """metrics.py (tables, matching): only the metrics and pictures jobs are planned again."""
+    path = demo / "maskdistill" / "metrics.py"
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n# an edit\n")
+        rules = set(rules_of(planned_jobs(demo)))
+    finally:
+        path.write_text(original)
+    assert "evaluate_table" in rules
+    assert all(rule.startswith(("evaluate_", "visualize_")) for rule in rules), rules
+
+
 def test_a_second_experiment_reuses_the_discover_shards(demo):
     args = variant(demo, "exp2", run_name="exp2", cluster={"k": 3})
     result = snakemake(demo, "--dry-run", "--cores", "1", *args)
