@@ -102,16 +102,26 @@ def test_a_stage_sheet_keeps_the_columns_that_have_data_and_paints_the_pseudo_cl
         visualize.stage_sheet("nope", [data])
 
 
-def test_plots_render_to_rgb_arrays():
-    for picture in (
-        plots.miou_bars([("stage 2: cluster", 0.2, 39.0), ("stage 5: segment", 0.3, 45.8)]),
-        plots.score_histogram([0.1, 0.5, 0.95], 0.9),
-        plots.size_bars([3, 1], ["cluster_00", "cluster_01"]),
-        plots.training_curves({"distill": [{"step": 1, "loss": 2.0, "lr": 0.1}]}),
-        plots.confusion_heatmap(np.array([[3, 1], [0, 2]]), ["bg", "cat"], ["0", "1"]),
-    ):
+def test_plots_render_to_rgb_arrays_that_depend_on_the_data_alone():
+    """Each plot: an RGB uint8 array, identical for the same data, different for other data."""
+    drawings = [
+        (plots.miou_bars, [("stage 2: cluster", 0.2, 39.0), ("stage 5: segment", 0.3, 45.8)]),
+        (plots.miou_bars, [("stage 2: cluster", 0.2, 39.0), ("stage 5: segment", 0.5, 45.8)]),
+        (plots.score_histogram, [0.1, 0.5, 0.95], 0.9),
+        (plots.score_histogram, [0.1, 0.5, 0.95], 0.5),
+        (plots.size_bars, [3, 1], ["cluster_00", "cluster_01"]),
+        (plots.size_bars, [1, 3], ["cluster_00", "cluster_01"]),
+        (plots.training_curves, {"distill": [{"step": 1, "loss": 2.0, "lr": 0.1}]}),
+        (plots.training_curves, {"distill": [{"step": 1, "loss": 1.0, "lr": 0.1}]}),
+        (plots.confusion_heatmap, np.array([[3, 1], [0, 2]]), ["bg", "cat"], ["0", "1"]),
+        (plots.confusion_heatmap, np.array([[1, 3], [2, 0]]), ["bg", "cat"], ["0", "1"]),
+    ]
+    for (draw, *data), (_, *other) in zip(drawings[::2], drawings[1::2], strict=True):
+        picture = draw(*data)
         assert picture.dtype == np.uint8 and picture.ndim == 3 and picture.shape[2] == 3
-        assert picture.std() > 0  # something is drawn
+        assert np.array_equal(picture, draw(*data)), draw.__name__
+        changed = draw(*other)
+        assert changed.shape != picture.shape or not np.array_equal(changed, picture), draw
 
 
 def test_the_command_draws_every_stage_and_the_plots(tmp_path):
