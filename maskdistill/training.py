@@ -14,6 +14,7 @@ A checkpoint is one ``torch.save`` dict written atomically: ``step`` (the next s
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import hashlib
 import json
@@ -431,7 +432,7 @@ class TrainingRun:
     stop_after: int | None = None
 
 
-class StepSampler:
+class StepSampler(abc.ABC):
     """A DataLoader batch sampler over the steps ``start`` .. ``stop - 1`` of a training run.
 
     Subclasses define :meth:`steps`; each batch is a list of keys (image index, step), so that a
@@ -441,9 +442,9 @@ class StepSampler:
     start: int
     stop: int
 
+    @abc.abstractmethod
     def steps(self) -> Iterator[tuple[int, list[int]]]:
         """(step, this process's image indices) for the steps ``start`` .. ``stop - 1``."""
-        raise NotImplementedError
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for step, indices in self.steps():

@@ -360,15 +360,7 @@ def test_a_missing_dataset_root_fails_the_dry_run_with_its_key(tmp_path):
 
 
 def test_unsupported_files_and_a_random_backbone_are_named_on_the_console(tmp_path):
-    config = tiny_config(
-        demo_data={"generate": False},
-        dataset={"kind": "folder", "root": "images", "eval_split": None},
-        cluster={"k": 2},
-    )
-    workspace = make_workspace(tmp_path / "workflow", config)
-    (workspace / "images").mkdir()
-    for seed, name in enumerate(["a.png", "b.png", "c.png"]):
-        _write_image(workspace / "images" / name, seed)
+    workspace = _folder_workspace(tmp_path, ["a.png", "b.png", "c.png"])
     (workspace / "images" / "clip.gif").write_bytes(b"GIF89a")
     result = snakemake(workspace, "--dry-run")
     warnings = [line for line in result.stderr.splitlines() if "maskdistill warning" in line]
@@ -377,15 +369,7 @@ def test_unsupported_files_and_a_random_backbone_are_named_on_the_console(tmp_pa
 
 
 def test_names_with_braces_plan_and_hostile_split_lines_fail_the_dry_run(tmp_path):
-    config = tiny_config(
-        demo_data={"generate": False},
-        dataset={"kind": "folder", "root": "images", "eval_split": None},
-        cluster={"k": 2},
-    )
-    workspace = make_workspace(tmp_path / "workflow", config)
-    (workspace / "images").mkdir()
-    for seed, name in enumerate(["a.png", "brace{x}.png", "c{}.png"]):
-        _write_image(workspace / "images" / name, seed)
+    workspace = _folder_workspace(tmp_path, ["a.png", "brace{x}.png", "c{}.png"])
     result = snakemake(workspace, "--dry-run")
     assert "2 image names under images hold braces" in result.stderr
     # a VOC split line naming a file outside the dataset: the dry run names the file and line
@@ -646,7 +630,8 @@ def test_a_preset_stands_alone_on_the_schema_defaults(tmp_path, repo, preset):
     assert "--clip-grad 0" in _command_flags(text, "distill train")  # not the demo's 10
 
 
-def _folder_workspace(tmp_path: Path, count: int, **sections) -> Path:
+def _folder_workspace(tmp_path: Path, names: list[str], **sections) -> Path:
+    """A tiny-config workspace over the folder ``images/`` holding one generated image per name."""
     config = tiny_config(
         demo_data={"generate": False},
         dataset={"kind": "folder", "root": "images", "eval_split": None},
@@ -655,13 +640,17 @@ def _folder_workspace(tmp_path: Path, count: int, **sections) -> Path:
     )
     workspace = make_workspace(tmp_path / "workflow", config)
     (workspace / "images").mkdir()
-    for seed in range(count):
-        _write_image(workspace / "images" / f"img{seed:02d}.png", seed)
+    for seed, name in enumerate(names):
+        _write_image(workspace / "images" / name, seed)
     return workspace
 
 
+def _numbered(count: int) -> list[str]:
+    return [f"img{i:02d}.png" for i in range(count)]
+
+
 def test_on_bad_image_error_after_skip_fails_the_dry_run_naming_the_file(tmp_path):
-    workspace = _folder_workspace(tmp_path, 6, on_bad_image="skip")
+    workspace = _folder_workspace(tmp_path, _numbered(6), on_bad_image="skip")
     (workspace / "images" / "broken.png").write_bytes(b"not a png")
     result = snakemake(workspace, "-n", "--cores", "1")
     shards = sorted({w for w in result.stdout.split() if w.endswith(".h5")})
@@ -683,7 +672,7 @@ def test_on_bad_image_error_after_skip_fails_the_dry_run_naming_the_file(tmp_pat
     ],
 )
 def test_batches_and_schedules_that_cannot_work_fail_the_dry_run(tmp_path, sections, message):
-    workspace = _folder_workspace(tmp_path, 10, **sections)
+    workspace = _folder_workspace(tmp_path, _numbered(10), **sections)
     result = snakemake(workspace, "-n", "--cores", "1", check=False)
     assert result.returncode != 0 and message in result.stdout + result.stderr
 
