@@ -33,7 +33,12 @@ from maskdistill.distill.train import DistillTrainSettings, train_maskrcnn
 from maskdistill.distributed import World
 from maskdistill.loader import PredictionRun
 from maskdistill.masks import encode_rle, mask_annotation, mask_box
-from maskdistill.models.maskrcnn import MaskRCNNSettings, build_maskrcnn, for_prediction
+from maskdistill.models.maskrcnn import (
+    MaskRCNNSettings,
+    build_maskrcnn,
+    for_prediction,
+    rebuild_maskrcnn,
+)
 from maskdistill.training import TrainingRun, seeded
 from maskdistill.workflow import cli_flags
 
@@ -327,6 +332,58 @@ def test_cli_trains_predicts_merges_and_evaluates(tmp_path):
               "--workers", "0", "--device", "cpu"])  # fmt: skip
     # the old key's checkpoint went when the new run started, the new one when it finished
     assert not kept.exists() and not (tmp_path / "resume").exists()
+
+
+def test_a_model_file_alone_predicts_as_with_its_init_weights(scenes, tmp_path, monkeypatch):
+    """Trained from a ViT weight file, the model file copied alone into an empty folder with the
+    weight file gone predicts the same detections (it rebuilds from its own description)."""
+    from maskdistill.models import vit
+    from maskdistill.training import load_weights, save_state
+
+    root, _ = scenes
+    init = tmp_path / "init" / "vit.pth"
+    init.parent.mkdir()
+    file_vit = "random:patch=8,width=192,depth=1,img=64,seed=0"  # 3 heads: inferred from a file
+    torch.save(vit.load_backbone(file_vit).state_dict(), init)
+    values = settings(iterations=2, init=str(init))
+    command = ["--pseudo-gt", str(root / "pseudo_gt.json"), "--images", str(root),
+               "--workers", "0", "--device", "cpu", "--no-progress"]  # fmt: skip
+    cli.main(["distill", "train", *command, *settings_flags(values),
+              "--resume-dir", str(tmp_path / "resume"), "--out", str(tmp_path / "model.pth"),
+              "--metrics", str(tmp_path / "m.jsonl")])  # fmt: skip
+    predict = ["distill", "predict", *command]
+    cli.main([*predict, "--model", str(tmp_path / "model.pth"), "--out", str(tmp_path / "p.json")])
+    alone = tmp_path / "elsewhere"
+    alone.mkdir()
+    (alone / "model.pth").write_bytes((tmp_path / "model.pth").read_bytes())
+    init.unlink()
+    monkeypatch.chdir(alone)
+    cli.main([*predict, "--model", "model.pth", "--out", "p.json"])
+    ours = json.loads((tmp_path / "p.json").read_text())
+    assert ours and json.loads((alone / "p.json").read_text()) == ours
+    payload = load_weights(alone / "model.pth")
+    assert payload["settings"]["backbone"]["vit"]["embed_dim"] == 192
+    del payload["settings"]["backbone"]  # a file from before model files described themselves
+    save_state(alone / "old.pth", payload["model"], payload["settings"], {})
+    with pytest.raises(SystemExit):
+        cli.main([*predict, "--model", "old.pth", "--out", "old.json"])
+    assert not (alone / "old.json").exists()
+
+
+def test_a_resnet_trained_from_scratch_rebuilds_with_group_norm_from_its_description():
+    values = settings(arch="resnet18", init="none", train_sizes=[64], test_size=64)
+    with seeded(0):
+        model, norm = build_maskrcnn(2, MaskRCNNSettings.from_config(values))
+    assert model.backbone_description == {**norm.describe(), "scratch": True}
+    described = {**values, "num_classes": 2, "backbone": model.backbone_description}
+    rebuilt = rebuild_maskrcnn(described, "model.pth")
+    rebuilt.load_state_dict(model.state_dict())  # strict: the same architecture (GroupNorm)
+    assert isinstance(rebuilt.backbone.body.bn1, torch.nn.GroupNorm)
+    image = torch.rand(3, 64, 64)
+    model.eval(), rebuilt.eval()
+    with torch.no_grad():
+        expected, got = model([image])[0], rebuilt([image])[0]
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
 
 
 def _train_command(scenes, out: Path, processes: int) -> list[str]:

@@ -101,11 +101,12 @@ def run_train(args: argparse.Namespace) -> None:
     device = world.device(device)
     set_threads(args.threads)
     data = _training_data(args)
-    run_settings = _run_settings(args, data.num_categories)
-    run = start_training(args, run_settings, world, device)
     settings = DistillTrainSettings.from_config(vars(args))
     with seeded(settings.seed):
         model, _ = build_maskrcnn(data.num_categories, MaskRCNNSettings.from_config(vars(args)))
+    run_settings = _run_settings(args, data.num_categories)
+    run_settings["backbone"] = model.backbone_description  # the model file rebuilds alone
+    run = start_training(args, run_settings, world, device)
     dataset = DistillDataset(data.images, settings.seed, flip=settings.flip)
     trained = train_maskrcnn(model.to(device), dataset, settings, run)
     if world.main:
@@ -166,18 +167,17 @@ def run_train_detectron2(args: argparse.Namespace) -> None:
     finish_training(args, weights_saver(state, run_settings, extra), None)
 
 
-def _torchvision_predictions(payload, run, mine, image_ids):
+def _torchvision_predictions(path, payload, run, mine, image_ids):
     from maskdistill.distill.predict import predict_images
-    from maskdistill.models.maskrcnn import MaskRCNNSettings, build_maskrcnn, for_prediction
+    from maskdistill.models.maskrcnn import MaskRCNNSettings, for_prediction, rebuild_maskrcnn
 
-    settings = MaskRCNNSettings.from_config(payload["settings"])
-    model, _ = build_maskrcnn(payload["settings"]["num_classes"], settings)
+    model = rebuild_maskrcnn(payload["settings"], path)
     model.load_state_dict(payload["model"])
-    model = for_prediction(model, settings).to(run.device)
+    model = for_prediction(model, MaskRCNNSettings.from_config(payload["settings"])).to(run.device)
     return predict_images(model, mine, image_ids, run)
 
 
-def _detectron2_predictions(payload, run, mine, image_ids):
+def _detectron2_predictions(path, payload, run, mine, image_ids):
     from detectron2.config import CfgNode
 
     from maskdistill.distill import detectron2
@@ -211,7 +211,7 @@ def run_predict(args: argparse.Namespace) -> None:
     predict = _detectron2_predictions if backend == "detectron2" else _torchvision_predictions
     predictions = [
         entry
-        for image_predictions in predict(payload, run, mine, image_ids)
+        for image_predictions in predict(args.model, payload, run, mine, image_ids)
         for entry in image_predictions
     ]
     write_json(args.out, predictions, compact=True)

@@ -13,7 +13,7 @@ import contextlib
 import os
 import socket
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,22 @@ def load_strict(
             f"unexpected keys: {listing(unexpected)}; shape mismatches: {listing(shapes)}"
         )
     model.load_state_dict(state_dict, strict=False)
+
+
+def described_backbone(settings: Mapping[str, Any], source: str) -> Mapping[str, Any]:
+    """The backbone description of a model file's ``settings`` (what rebuilds its network
+    without the initial weights).
+
+    Raises:
+        ValueError: naming ``source`` when the file has none (written by a maskdistill from
+            before model files described themselves: its training is rerun).
+    """
+    if "backbone" not in settings:
+        raise ValueError(
+            f"{source}: the model file does not describe its backbone (written by an older "
+            "maskdistill); train it again"
+        )
+    return settings["backbone"]
 
 
 def hub_endpoint() -> tuple[str, int]:

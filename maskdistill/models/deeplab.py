@@ -25,6 +25,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabV3
 
 from maskdistill.config import Settings
 from maskdistill.models import vit
+from maskdistill.models.checkpoint import described_backbone
 from maskdistill.models.norm import Normalization
 from maskdistill.models.resnet import build_resnet, load_resnet_weights, resnet_weights
 
@@ -144,13 +145,12 @@ def build_deeplab(
         load_resnet_weights(resnet, weights)
         norm = weights.normalization
     else:
-        norm = Normalization(mean=tuple(backbone["mean"]), std=tuple(backbone["std"]))
+        norm = Normalization.from_description(backbone)
     stages = STAGES[: settings.freeze_layers + 1] if settings.freeze_layers else ()
     frozen = [f"backbone.{name}" for stage in stages for name in stage]
     layers = IntermediateLayerGetter(resnet, return_layers={"layer4": "out"})
     head = deeplab_head(resnet.fc.in_features, num_outputs, settings.head_channels)
-    description = {"mean": list(norm.mean), "std": list(norm.std)}
-    return DeepLab(layers, head, frozen, description), norm
+    return DeepLab(layers, head, frozen, norm.describe()), norm
 
 
 def rebuild_deeplab(settings: Mapping[str, Any], source: str) -> tuple[DeepLab, Normalization]:
@@ -160,10 +160,6 @@ def rebuild_deeplab(settings: Mapping[str, Any], source: str) -> tuple[DeepLab, 
         ValueError: naming ``source`` when the file does not describe its backbone (written
             before model files described themselves: rerun its training).
     """
-    if "backbone" not in settings:
-        raise ValueError(
-            f"{source}: the model file does not describe its backbone (written by an older "
-            "maskdistill); train it again"
-        )
     network = DeepLabSettings.from_config(settings)
-    return build_deeplab(settings["num_outputs"], network, backbone=settings["backbone"])
+    backbone = described_backbone(settings, source)
+    return build_deeplab(settings["num_outputs"], network, backbone=backbone)

@@ -23,7 +23,9 @@ initial weights and resizes them: in training each image to a shorter side drawn
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +45,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from maskdistill.config import Settings
 from maskdistill.models import vit
+from maskdistill.models.checkpoint import described_backbone
 from maskdistill.models.norm import Normalization
 from maskdistill.models.resnet import (
     ARCHITECTURES,
@@ -140,16 +143,22 @@ class ViTPyramid(nn.Module):
 
 
 def _resnet_fpn(
-    settings: MaskRCNNSettings, setting: str
-) -> tuple[BackboneWithFPN, Normalization, bool]:
-    """The ResNet-FPN backbone, its normalisation, and whether it trains from scratch."""
-    weights = resnet_weights(settings.init, settings.arch, setting)
-    scratch = weights.state_dict is None
+    settings: MaskRCNNSettings, setting: str, backbone: Mapping[str, Any] | None
+) -> tuple[BackboneWithFPN, Normalization, dict[str, Any]]:
+    """The ResNet-FPN backbone, its normalisation and its description (``scratch``: trained
+    from scratch, hence GroupNorm everywhere)."""
+    if backbone is None:
+        weights = resnet_weights(settings.init, settings.arch, setting)
+        scratch, normalization = weights.state_dict is None, weights.normalization
+    else:
+        weights = None
+        scratch, normalization = backbone["scratch"], Normalization.from_description(backbone)
     resnet = build_resnet(settings.arch, norm_layer=group_norm if scratch else FrozenBatchNorm2d)
-    load_resnet_weights(resnet, weights)
+    if weights is not None:
+        load_resnet_weights(resnet, weights)
     freeze_stages(resnet, 5 if scratch else settings.trainable_layers)
     stage2 = resnet.inplanes // 8  # layer1's output channels
-    backbone = BackboneWithFPN(
+    pyramid = BackboneWithFPN(
         resnet,
         return_layers={f"layer{k}": str(k - 1) for k in (1, 2, 3, 4)},
         in_channels_list=[stage2 * 2**i for i in range(4)],
@@ -157,17 +166,27 @@ def _resnet_fpn(
         extra_blocks=LastLevelMaxPool(),
         norm_layer=group_norm if scratch else None,
     )
-    return backbone, weights.normalization, scratch
+    return pyramid, normalization, {**normalization.describe(), "scratch": scratch}
 
 
-def _vit_pyramid(settings: MaskRCNNSettings, setting: str) -> tuple[ViTPyramid, Normalization]:
-    model = vit.load_backbone(settings.init, setting=setting)
+def _vit_pyramid(
+    settings: MaskRCNNSettings, setting: str, backbone: Mapping[str, Any] | None
+) -> tuple[ViTPyramid, Normalization, dict[str, Any]]:
+    """The ViT's simple feature pyramid, its normalisation and its description."""
+    if backbone is None:
+        model = vit.load_backbone(settings.init, setting=setting)
+    else:
+        model = vit.from_description(backbone)
     features = vit.PatchFeatures(model, trainable=settings.trainable_layers > 0)
-    return ViTPyramid(features, settings.fpn_channels), vit.normalization(model)
+    pyramid = ViTPyramid(features, settings.fpn_channels)
+    return pyramid, vit.normalization(model), vit.describe(model)
 
 
 def build_maskrcnn(
-    num_classes: int, settings: MaskRCNNSettings, setting: str = "distill.init"
+    num_classes: int,
+    settings: MaskRCNNSettings,
+    setting: str = "distill.init",
+    backbone: Mapping[str, Any] | None = None,
 ) -> tuple[MaskRCNN, Normalization]:
     """A Mask R-CNN for ``num_classes`` classes plus background, and its input normalisation.
 
@@ -175,16 +194,19 @@ def build_maskrcnn(
         num_classes: K (the clusters); the network has K + 1 outputs.
         settings: the architecture.
         setting: the config key of ``settings.init``, named in errors.
+        backbone: a model file's description of the backbone (the network's
+            ``backbone_description``): the architecture is rebuilt with untrained weights and
+            no weight file is read (the model file's state dict is loaded next).
     """
     if settings.arch == "vit":
-        backbone, normalization = _vit_pyramid(settings, setting)
-        scratch = False
+        pyramid, normalization, description = _vit_pyramid(settings, setting, backbone)
     elif settings.arch in ARCHITECTURES:
-        backbone, normalization, scratch = _resnet_fpn(settings, setting)
+        pyramid, normalization, description = _resnet_fpn(settings, setting, backbone)
     else:
         raise ValueError(
             f"distill.arch: expected vit or one of {ARCHITECTURES}, got {settings.arch!r}"
         )
+    scratch = description.get("scratch", False)
     channels, norm = settings.fpn_channels, group_norm if scratch else None
     if scratch:
         box_head = FastRCNNConvFCHead(
@@ -195,7 +217,7 @@ def build_maskrcnn(
     mask_width = channels if scratch or settings.arch == "vit" else 256  # R50-FPN: 256
     mask_head = MaskRCNNHeads(channels, [mask_width] * settings.mask_head_convs, 1, norm_layer=norm)
     model = MaskRCNN(
-        backbone,
+        pyramid,
         min_size=settings.train_sizes,
         max_size=settings.max_size,
         image_mean=list(normalization.mean),
@@ -214,7 +236,20 @@ def build_maskrcnn(
         mask_head=mask_head,
         mask_predictor=MaskRCNNPredictor(mask_width, mask_width, num_classes + 1),
     )
+    model.backbone_description = description  # what a model file stores to rebuild it
     return model, normalization
+
+
+def rebuild_maskrcnn(settings: Mapping[str, Any], source: str) -> MaskRCNN:
+    """The untrained network of a stage-3 model file's ``settings`` (its state dict follows);
+    reads no other file.
+
+    Raises:
+        ValueError: naming ``source`` when the file does not describe its backbone.
+    """
+    network = MaskRCNNSettings.from_config(settings)
+    backbone = described_backbone(settings, source)
+    return build_maskrcnn(settings["num_classes"], network, backbone=backbone)[0]
 
 
 class BoxMaskTransform(GeneralizedRCNNTransform):
