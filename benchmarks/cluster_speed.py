@@ -1,9 +1,10 @@
 """Speed of stage-2 clustering at COCO scale: 120,000 mask features of 384 dims, K = 80.
 
 Clusters Gaussian-mixture features (80 components) with the default minibatch K-means, whitening
-and L2 normalisation included (``maskdistill.cluster.cluster_features``), and turns patch-grid
-masks into full-resolution COCO annotations (``full_resolution_mask`` + ``mask_annotation``).
-Prints one line per measurement; the results are recorded in benchmarks/README.md.
+and L2 normalisation included (``maskdistill.cluster.kmeans.cluster_features``), and turns
+patch-grid masks into full-resolution COCO annotations (``full_resolution_mask`` +
+``mask_annotation``). Prints one line per measurement; the results are recorded in
+benchmarks/README.md.
 Run: ``python benchmarks/cluster_speed.py --threads 2``.
 """
 
@@ -44,8 +45,9 @@ def main() -> None:
     # import after the thread variables are set, so that OpenMP/BLAS read them
     from sklearn.metrics import adjusted_rand_score
 
-    from maskdistill.cluster import cluster_features, mask_annotation
-    from maskdistill.shards import full_resolution_mask
+    from maskdistill.cluster.kmeans import cluster_features
+    from maskdistill.discover.shard_file import full_resolution_mask
+    from maskdistill.masks import mask_annotation
 
     features, truth = gaussian_mixture(args.num, args.dims, args.k, seed=0)
     start = time.perf_counter()

@@ -1,8 +1,11 @@
 """The ``maskdistill`` command: one subcommand per stage.
 
 Each subcommand lives in ``maskdistill.commands.<module>`` and defines ``add_arguments(parser)``
-and ``run(args)``. The command logs the package version, the git SHA (when run from a checkout)
-and the sorted arguments before it starts, so that every log says what produced it.
+and ``run(args)``, or sets ``_run`` on its own subcommands: a function, or ``"module:function"``
+for a job kept in a module of its own (imported only when that job runs, and left out of the
+other jobs' code fingerprints, :mod:`maskdistill.workflow`). The command logs the package
+version, the git SHA (when run from a checkout) and the sorted arguments before it starts, so
+that every log says what produced it.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from maskdistill.provenance import provenance
 
@@ -74,6 +77,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def job(run: Callable[[argparse.Namespace], None] | str) -> Callable[[argparse.Namespace], None]:
+    """The function a subcommand runs: ``run`` itself, or the one ``"module:function"`` names."""
+    if callable(run):
+        return run
+    module, _, function = run.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``maskdistill`` console script and ``python -m maskdistill``."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -89,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = {k: v for k, v in sorted(vars(args).items()) if not k.startswith("_")}
     log.info("arguments: %s", settings)
     try:
-        args._run(args)
+        job(args._run)(args)
     except (ValueError, OSError, FloatingPointError, MemoryError) as error:
         log.error("%s", error)
         sys.exit(1)

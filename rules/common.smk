@@ -161,7 +161,7 @@ def shard_images(dataset, shard, num_shards):
     """
     if dataset["kind"] != "folder":
         return image_lists(dataset)
-    from maskdistill.shards import shard_of
+    from maskdistill.sharding import shard_of
 
     root = Path(dataset["root"])
     return [

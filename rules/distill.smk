@@ -40,7 +40,7 @@ rule distill_train:
         keep=KEEP_CHECKPOINTS,
         device=DISTILL["device"],
     params:
-        code=code_fingerprint("maskdistill.commands.distill"),
+        code=code_fingerprint("maskdistill.commands.distill_train"),
         gpu_locks=GPU_LOCKS,
         dataset=dataset_args(),
         flags=cli_flags(without(DISTILL, *DISTILL_EXECUTION)),

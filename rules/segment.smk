@@ -67,7 +67,7 @@ rule segment_train:
         keep=KEEP_CHECKPOINTS,
         device=SEGMENT["device"],
     params:
-        code=code_fingerprint("maskdistill.commands.segment"),
+        code=code_fingerprint("maskdistill.commands.segment_train"),
         gpu_locks=GPU_LOCKS,
         dataset=dataset_args(TRAIN_SPLITS),
         flags=cli_flags(
@@ -110,7 +110,7 @@ rule segment_probe:
         keep=KEEP_CHECKPOINTS,
         device=SEGMENT["device"],
     params:
-        code=code_fingerprint("maskdistill.commands.segment"),
+        code=code_fingerprint("maskdistill.commands.segment_train"),
         gpu_locks=GPU_LOCKS,
         dataset=dataset_args(PROBE["splits"]),
         flags=cli_flags(

@@ -18,11 +18,10 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from threadpoolctl import threadpool_limits
 
 from maskdistill.cli import main
-from maskdistill.cluster import mask_annotation
 from maskdistill.data import open_dataset
-from maskdistill.masks import label_png_path, write_label_png
+from maskdistill.discover.shard_file import write_shard
+from maskdistill.masks import label_png_path, mask_annotation, write_label_png
 from maskdistill.metrics import box_class
-from maskdistill.shards import write_shard
 
 NUM_TRAIN, NUM_VAL = 6, 6
 BACKBONE = "random:patch=8,width=32,depth=2,heads=2,seed=0"
@@ -53,7 +52,7 @@ def _corloc(shard: Path, root: Path) -> float:
     a ground-truth box (torchvision's box IoU)."""
     from torchvision.ops import box_iou
 
-    from maskdistill.shards import read_shard_table
+    from maskdistill.discover.shard_file import read_shard_table
 
     table = read_shard_table(shard, ("file_name", "box"))
     boxes = dict(zip((str(n) for n in table["file_name"]), table["box"], strict=True))

@@ -17,14 +17,10 @@ from sklearn.metrics import adjusted_rand_score
 from threadpoolctl import threadpool_limits
 
 from maskdistill.cli import main
-from maskdistill.cluster import (
-    cluster_features,
-    coco_categories,
-    l2_normalize,
-    mask_annotation,
-    whiten,
-)
-from maskdistill.shards import full_resolution_mask, write_shard
+from maskdistill.cluster.kmeans import cluster_features, l2_normalize, whiten
+from maskdistill.cluster.pseudo_gt import coco_categories
+from maskdistill.discover.shard_file import full_resolution_mask, write_shard
+from maskdistill.masks import mask_annotation
 
 DIMS = 6
 EYE = np.eye(DIMS, dtype=np.float32)

@@ -25,18 +25,13 @@ from maskdistill import cli
 from maskdistill.config import defaults
 from maskdistill.data import open_dataset
 from maskdistill.discover import batch
+from maskdistill.discover.shard_file import full_resolution_mask, read_shard, read_shard_attrs
 from maskdistill.images import read_skipped
 from maskdistill.loader import PredictionRun, bucket_batches
 from maskdistill.masks import mask_box
 from maskdistill.models import vit
 from maskdistill.models.norm import IMAGENET
-from maskdistill.shards import (
-    full_resolution_mask,
-    read_shard,
-    read_shard_attrs,
-    select_shard,
-    shard_of,
-)
+from maskdistill.sharding import select_shard, shard_of
 
 BACKBONE = "random:patch=8,width=48,depth=2,heads=3,seed=0"
 KEYS = {

@@ -39,7 +39,8 @@ from maskdistill.models.maskrcnn import (
     for_prediction,
     rebuild_maskrcnn,
 )
-from maskdistill.training import TrainingRun, seeded
+from maskdistill.training.loop import TrainingRun
+from maskdistill.training.rng import seeded
 from maskdistill.workflow import cli_flags
 
 # a tiny ViT-backed Mask R-CNN that trains in seconds on 64 x 80 images
@@ -338,7 +339,7 @@ def test_a_model_file_alone_predicts_as_with_its_init_weights(scenes, tmp_path, 
     """Trained from a ViT weight file, the model file copied alone into an empty folder with the
     weight file gone predicts the same detections (it rebuilds from its own description)."""
     from maskdistill.models import vit
-    from maskdistill.training import load_weights, save_state
+    from maskdistill.models.model_file import load_weights, save_state
 
     root, _ = scenes
     init = tmp_path / "init" / "vit.pth"

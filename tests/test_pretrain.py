@@ -13,11 +13,12 @@ from PIL import Image
 from torch import nn
 
 import maskdistill
-from maskdistill import cli, demo, training
+from maskdistill import cli, demo
 from maskdistill.models import vit
 from maskdistill.models.norm import IMAGENET
 from maskdistill.pretrain import augment, loop, losses, views
 from maskdistill.pretrain.settings import PretrainSettings
+from maskdistill.training import schedules
 
 ASSET = Path(maskdistill.__file__).parent / "assets" / "demo_vit.pth"
 
@@ -104,18 +105,18 @@ def test_ema_update_is_exact():
         teacher.bias.fill_(4.0)
         student.weight.copy_(torch.tensor([[3.0, -2.0]]))
         student.bias.fill_(0.0)
-    training.ema_update(teacher, student, 0.75)
+    schedules.ema_update(teacher, student, 0.75)
     assert teacher.weight.tolist() == [[1.5, 1.0]]  # 0.75 * 1 + 0.25 * 3, 0.75 * 2 - 0.5
     assert teacher.bias.tolist() == [3.0]
     assert student.weight.tolist() == [[3.0, -2.0]]
 
 
 def test_cosine_schedule():
-    assert training.cosine_schedule(0, 10, 1.0, 0.0, warmup_steps=2) == 0.0
-    assert training.cosine_schedule(1, 10, 1.0, 0.0, warmup_steps=2) == 0.5
-    assert training.cosine_schedule(2, 10, 1.0, 0.0, warmup_steps=2) == 1.0
-    assert training.cosine_schedule(6, 10, 1.0, 0.0, warmup_steps=2) == pytest.approx(0.5)
-    assert training.cosine_schedule(10, 10, 1.0, 0.0, warmup_steps=2) == pytest.approx(0.0)
+    assert schedules.cosine_schedule(0, 10, 1.0, 0.0, warmup_steps=2) == 0.0
+    assert schedules.cosine_schedule(1, 10, 1.0, 0.0, warmup_steps=2) == 0.5
+    assert schedules.cosine_schedule(2, 10, 1.0, 0.0, warmup_steps=2) == 1.0
+    assert schedules.cosine_schedule(6, 10, 1.0, 0.0, warmup_steps=2) == pytest.approx(0.5)
+    assert schedules.cosine_schedule(10, 10, 1.0, 0.0, warmup_steps=2) == pytest.approx(0.0)
     sched = loop.schedule_at(0, PretrainSettings.with_defaults(steps=100))
     assert sched.teacher_momentum == pytest.approx(0.995) and sched.freeze_last_layer
     late = loop.schedule_at(100, PretrainSettings.with_defaults(steps=100))

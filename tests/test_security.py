@@ -21,13 +21,13 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from maskdistill import cli, preflight
 from maskdistill.config import validate_config
 from maskdistill.data import open_dataset
+from maskdistill.discover.shard_file import read_shard_attrs
 from maskdistill.distill.predict import pasted_masks
 from maskdistill.images import MAX_PIXELS_VARIABLE, BadImageError, load_image, load_or_skip
 from maskdistill.masks import decode_rle, label_png_path, mask_annotation, read_label_png
 from maskdistill.metrics import markdown_table
 from maskdistill.names import UnsafeNameError, check_collisions, output_path, unsafe_reason
-from maskdistill.shards import read_shard_attrs
-from maskdistill.training import RESUME_MANIFEST, remove_resume_files, resume_files
+from maskdistill.training.checkpoints import RESUME_MANIFEST, remove_resume_files, resume_files
 
 HOSTILE_NAMES = [
     "../x.jpg",
@@ -232,13 +232,13 @@ def test_a_shard_without_its_format_attributes_is_named(tmp_path):
 
 
 def test_class_names_from_data_cannot_break_tables_or_plots():
-    from maskdistill import plots
+    from maskdistill.pictures import charts
 
     names = ["$\\notacommand{x}$", "a|b", "two\nlines"]
     table = markdown_table(["class", "IoU"], [(n, 1) for n in names])
     assert table.count("\n") == 2 + len(names)  # one line per row
     assert "a\\|b" in table and all(line.count(" | ") == 1 for line in table.splitlines()[2:])
-    image = plots.per_class_bars({"stage": dict.fromkeys(names, 0.5)})
+    image = charts.per_class_bars({"stage": dict.fromkeys(names, 0.5)})
     assert image.ndim == 3 and image.shape[2] == 3
 
 
@@ -258,7 +258,7 @@ def test_predicted_masks_are_pasted_one_at_a_time_as_torchvision_pastes_them():
 def tiny_segmentation_model(tmp_path: Path) -> Path:
     """A stage-5 model file of a tiny random ViT DeepLab (no training)."""
     from maskdistill.models.deeplab import DeepLabSettings, build_deeplab
-    from maskdistill.training import save_state
+    from maskdistill.models.model_file import save_state
 
     values = {"arch": "vit", "init": "random:patch=8,width=16,depth=1,heads=2,img=32,seed=0",
               "freeze_layers": 0, "head_channels": 8}  # fmt: skip

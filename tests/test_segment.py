@@ -24,13 +24,15 @@ from maskdistill.masks import (
     write_label_png,
 )
 from maskdistill.metrics import confusion_matrix, semantic_scores
-from maskdistill.models.deeplab import DeepLabSettings, build_deeplab
+from maskdistill.models.deeplab import DeepLabSettings, build_deeplab, probe_network
 from maskdistill.segment.crf import CRFSettings, crf_available, dense_crf
 from maskdistill.segment.data import Augmentation, LabelledImage, SegmentationDataset
 from maskdistill.segment.loss import ohem_cross_entropy
 from maskdistill.segment.predict import predict_label_maps
-from maskdistill.segment.train import EpochSchedule, probe_network, train_epochs
-from maskdistill.training import TrainingRun, seeded
+from maskdistill.segment.schedule import EpochSchedule
+from maskdistill.segment.train import train_epochs
+from maskdistill.training.loop import TrainingRun
+from maskdistill.training.rng import seeded
 
 TINY_VIT = "random:patch=8,width=32,depth=1,heads=2,img=32,seed=0"
 NETWORK = DeepLabSettings(arch="vit", init=TINY_VIT, freeze_layers=0, head_channels=16)
@@ -385,7 +387,7 @@ def test_pixels_rotated_in_from_outside_the_image_are_background():
 
 
 def test_predicting_into_an_existing_folder_stops_before_any_work_or_overwrites(tmp_path):
-    from maskdistill.training import save_state
+    from maskdistill.models.model_file import save_state
 
     values = {"arch": "vit", "init": TINY_VIT, "freeze_layers": 0, "head_channels": 8}
     model, _ = build_deeplab(3, DeepLabSettings.from_config(values))
@@ -424,7 +426,7 @@ def test_a_model_file_alone_segments_new_photos_as_the_pipeline_does(tmp_path, m
     file gone: the same labels as the pipeline's prediction, and without a description a clear
     error naming the file."""
     from maskdistill.models import vit
-    from maskdistill.training import load_weights, save_state
+    from maskdistill.models.model_file import load_weights, save_state
 
     backbone = vit.load_backbone("random:patch=8,width=192,depth=1,img=32,seed=0")  # 3 heads
     init = tmp_path / "init" / "vit.pth"

@@ -9,7 +9,7 @@ import pytest
 
 from maskdistill import cli
 from maskdistill.masks import decode_rle, encode_rle, read_label_png
-from maskdistill.select import confident, select_label_map
+from maskdistill.select.confident import confident, select_label_map
 
 
 def _prediction(mask: np.ndarray, score: float, category: int, name: str = "a.jpg") -> dict:

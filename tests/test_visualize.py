@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskdistill import cli, pictures, plots, visualize
+from maskdistill import cli
 from maskdistill.masks import encode_rle, write_label_png
+from maskdistill.pictures import charts, drawing, sheets
 
 
 def _image(height: int = 20, width: int = 30) -> np.ndarray:
@@ -21,7 +22,7 @@ def test_an_overlay_blends_the_mask_pixels_and_leaves_the_rest_untouched():
     image = _image()
     mask = np.zeros(image.shape[:2], bool)
     mask[5:9, 10:20] = True
-    out = pictures.overlay(image, mask, (255, 40, 40), alpha=0.5)
+    out = drawing.overlay(image, mask, (255, 40, 40), alpha=0.5)
     expected = np.rint(0.5 * image[mask] + 0.5 * np.array([255, 40, 40])).astype(np.uint8)
     assert np.array_equal(out[mask], expected)
     assert np.array_equal(out[~mask], image[~mask])
@@ -31,14 +32,14 @@ def test_an_overlay_blends_the_mask_pixels_and_leaves_the_rest_untouched():
 def test_a_label_overlay_colours_each_label_with_its_palette_colour_and_skips_background():
     image = np.zeros((4, 4, 3), np.uint8)
     labels = np.array([[0, 1, 1, 0], [0, 2, 2, 0], [0, 0, 0, 0], [255, 0, 0, 0]])
-    out = pictures.label_overlay(image, labels, alpha=1.0)
+    out = drawing.label_overlay(image, labels, alpha=1.0)
     assert tuple(out[0, 1]) == (128, 0, 0) and tuple(out[1, 1]) == (0, 128, 0)  # VOC palette
     assert tuple(out[3, 0]) == (224, 224, 192)  # ignored
     assert not out[labels == 0].any()
 
 
 def test_a_box_outline_has_exclusive_ends():
-    out = pictures.draw_box(np.zeros((10, 10, 3), np.uint8), (2, 3, 4, 5), (9, 9, 9), width=1)
+    out = drawing.draw_box(np.zeros((10, 10, 3), np.uint8), (2, 3, 4, 5), (9, 9, 9), width=1)
     drawn = out[:, :, 0] > 0
     rows, cols = np.nonzero(drawn)
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (3, 7, 2, 5)
@@ -48,73 +49,73 @@ def test_a_box_outline_has_exclusive_ends():
 def test_a_contact_sheet_has_the_specified_size_and_its_panels_at_their_places():
     a, b = _image(20, 30), _image(20, 10)
     legend = [(1, "cluster_00"), (2, "cluster_01")]
-    sheet = pictures.contact_sheet([[a, b], [b, a]], ["x", "y"], legend, height=20, gap=4)
-    height = pictures.TITLE_HEIGHT + 2 * (20 + 4) + 4 + 2 * pictures.LEGEND_ROW + 4
+    sheet = drawing.contact_sheet([[a, b], [b, a]], ["x", "y"], legend, height=20, gap=4)
+    height = drawing.TITLE_HEIGHT + 2 * (20 + 4) + 4 + 2 * drawing.LEGEND_ROW + 4
     assert sheet.shape == (height, 4 + 30 + 4 + 30 + 4, 3)
-    top = pictures.TITLE_HEIGHT + 4
+    top = drawing.TITLE_HEIGHT + 4
     assert np.array_equal(sheet[top : top + 20, 4:34], a)
     assert np.array_equal(sheet[top + 24 : top + 44, 38:68], a)  # the second row's second cell
     assert np.array_equal(sheet[top + 24 : top + 44, 4:14], b)
     legend_top = top + 2 * 24
     for i, (label, _) in enumerate(legend):  # the legend swatches, in the labels' colours
-        y = legend_top + i * pictures.LEGEND_ROW + 4
-        assert tuple(sheet[y, 8]) == pictures.label_colour(label)
+        y = legend_top + i * drawing.LEGEND_ROW + 4
+        assert tuple(sheet[y, 8]) == drawing.label_colour(label)
 
 
 def test_the_legend_lists_every_cluster_with_its_matched_class():
-    legend = pictures.cluster_legend(3, {"0": "background", "1": "cat", "3": "dog"})
+    legend = drawing.cluster_legend(3, {"0": "background", "1": "cat", "3": "dog"})
     assert legend == [(1, "cluster_00 = cat"), (2, "cluster_01"), (3, "cluster_02 = dog")]
-    assert pictures.cluster_legend(2, class_names=["cat"]) == [
+    assert drawing.cluster_legend(2, class_names=["cat"]) == [
         (1, "cluster_00 [ground truth: cat]"),
         (2, "cluster_01"),
     ]
-    assert pictures.cluster_legend(0, class_names=["cat"]) == [(1, "[ground truth: cat]")]
+    assert drawing.cluster_legend(0, class_names=["cat"]) == [(1, "[ground truth: cat]")]
 
 
 def test_the_sample_is_fixed_by_the_seed_and_stable_when_images_are_added():
     names = [f"img_{i:03d}.jpg" for i in range(50)]
-    first = visualize.sample(names, 6, seed=3)
-    assert first == visualize.sample(list(reversed(names)), 6, seed=3) == sorted(first)
-    assert len(first) == 6 and first != visualize.sample(names, 6, seed=4)
-    grown = visualize.sample(names + ["new.jpg"], 6, seed=3)
+    first = sheets.sample(names, 6, seed=3)
+    assert first == sheets.sample(list(reversed(names)), 6, seed=3) == sorted(first)
+    assert len(first) == 6 and first != sheets.sample(names, 6, seed=4)
+    grown = sheets.sample(names + ["new.jpg"], 6, seed=3)
     assert len(set(grown) - set(first)) <= 1  # at most the new image replaces one
 
 
-def _data(height: int = 24, width: int = 32) -> visualize.ImageData:
+def _data(height: int = 24, width: int = 32) -> sheets.ImageData:
     image = _image(height, width)
     mask = np.zeros((height, width), bool)
     mask[4:12, 6:20] = True
-    return visualize.ImageData("a.jpg", image, pseudo=(mask, 2))
+    return sheets.ImageData("a.jpg", image, pseudo=(mask, 2))
 
 
 def test_a_stage_sheet_keeps_the_columns_that_have_data_and_paints_the_pseudo_class():
     data = _data()
-    sheet = visualize.stage_sheet("cluster", [data], pictures.cluster_legend(2), height=24)
-    top, left = pictures.TITLE_HEIGHT + 4, 4 + 32 + 4  # the pseudo-class column
+    sheet = sheets.stage_sheet("cluster", [data], drawing.cluster_legend(2), height=24)
+    top, left = drawing.TITLE_HEIGHT + 4, 4 + 32 + 4  # the pseudo-class column
     panel = sheet[top : top + 24, left : left + 32]
     mask = data.pseudo[0]
-    expected = pictures.overlay(data.image, mask, pictures.label_colour(2))
+    expected = drawing.overlay(data.image, mask, drawing.label_colour(2))
     assert np.array_equal(panel, expected)
     assert np.array_equal(panel[~mask], data.image[~mask])
     # image and pseudo class; no ground-truth column (the image has none)
     assert sheet.shape[1] == 4 + 32 + 4 + 32 + 4
     with pytest.raises(ValueError, match="expected one of"):
-        visualize.stage_sheet("nope", [data])
+        sheets.stage_sheet("nope", [data])
 
 
 def test_plots_render_to_rgb_arrays_that_depend_on_the_data_alone():
     """Each plot: an RGB uint8 array, identical for the same data, different for other data."""
     drawings = [
-        (plots.miou_bars, [("stage 2: cluster", 0.2, 39.0), ("stage 5: segment", 0.3, 45.8)]),
-        (plots.miou_bars, [("stage 2: cluster", 0.2, 39.0), ("stage 5: segment", 0.5, 45.8)]),
-        (plots.score_histogram, [0.1, 0.5, 0.95], 0.9),
-        (plots.score_histogram, [0.1, 0.5, 0.95], 0.5),
-        (plots.size_bars, [3, 1], ["cluster_00", "cluster_01"]),
-        (plots.size_bars, [1, 3], ["cluster_00", "cluster_01"]),
-        (plots.training_curves, {"distill": [{"step": 1, "loss": 2.0, "lr": 0.1}]}),
-        (plots.training_curves, {"distill": [{"step": 1, "loss": 1.0, "lr": 0.1}]}),
-        (plots.confusion_heatmap, np.array([[3, 1], [0, 2]]), ["bg", "cat"], ["0", "1"]),
-        (plots.confusion_heatmap, np.array([[1, 3], [2, 0]]), ["bg", "cat"], ["0", "1"]),
+        (charts.miou_bars, [("stage 2: cluster", 0.2, 39.0), ("stage 5: segment", 0.3, 45.8)]),
+        (charts.miou_bars, [("stage 2: cluster", 0.2, 39.0), ("stage 5: segment", 0.5, 45.8)]),
+        (charts.score_histogram, [0.1, 0.5, 0.95], 0.9),
+        (charts.score_histogram, [0.1, 0.5, 0.95], 0.5),
+        (charts.size_bars, [3, 1], ["cluster_00", "cluster_01"]),
+        (charts.size_bars, [1, 3], ["cluster_00", "cluster_01"]),
+        (charts.training_curves, {"distill": [{"step": 1, "loss": 2.0, "lr": 0.1}]}),
+        (charts.training_curves, {"distill": [{"step": 1, "loss": 1.0, "lr": 0.1}]}),
+        (charts.confusion_heatmap, np.array([[3, 1], [0, 2]]), ["bg", "cat"], ["0", "1"]),
+        (charts.confusion_heatmap, np.array([[1, 3], [2, 0]]), ["bg", "cat"], ["0", "1"]),
     ]
     for (draw, *data), (_, *other) in zip(drawings[::2], drawings[1::2], strict=True):
         picture = draw(*data)
@@ -156,9 +157,9 @@ def test_the_command_draws_every_stage_and_the_plots(tmp_path):
         cli.main(["visualize", "sheet", "--stage", stage, *common, *inputs,
                   "--count", "2", "--height", "32", "--out", str(out)])  # fmt: skip
         sheet = np.asarray(Image.open(out))
-        rows = 2 * (32 + 4) + 4 + pictures.TITLE_HEIGHT
+        rows = 2 * (32 + 4) + 4 + drawing.TITLE_HEIGHT
         # 2 images; a legend line per label: 2 clusters, the demo's 6 classes
-        assert sheet.shape[0] == rows + 6 * pictures.LEGEND_ROW + 4
+        assert sheet.shape[0] == rows + 6 * drawing.LEGEND_ROW + 4
     log = tmp_path / "train.jsonl"
     log.write_text('{"step": 1, "loss": 1.0, "lr": 0.1}\n{"step": 2, "loss": 0.5, "lr": 0.1}\n')
     cli.main(["visualize", "plots", "--pseudo-gt", str(tmp_path / "pseudo.json"),

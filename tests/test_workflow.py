@@ -252,10 +252,10 @@ def test_resources_never_trigger_a_rerun(demo):
 @pytest.mark.parametrize(
     ("module", "expected"),
     [
-        ("maskdistill/cluster.py", Counter({"cluster": 1}) + AFTER_CLUSTER),
+        ("maskdistill/cluster/kmeans.py", Counter({"cluster": 1}) + AFTER_CLUSTER),
         ("maskdistill/discover/mask.py", Counter({"discover": 2}) + AFTER_DISCOVER),
         # the shard module: every stage that imports it, not the demo data (which does not)
-        ("maskdistill/shards.py", Counter({"discover": 2}) + AFTER_DISCOVER),
+        ("maskdistill/discover/shard_file.py", Counter({"discover": 2}) + AFTER_DISCOVER),
         ("maskdistill/gpu.py", Counter()),  # imported by no stage's command
     ],
 )
@@ -281,6 +281,26 @@ def test_editing_how_metrics_are_computed_or_printed_reruns_no_stage(demo):
         path.write_text(original)
     assert "evaluate_table" in rules
     assert all(rule.startswith(("evaluate_", "visualize_")) for rule in rules), rules
+
+
+def test_editing_the_training_loop_changes_the_code_of_training_jobs_only(demo):
+    """training/loop.py: the outputs whose job's own code changed (`--detailed-summary` status
+    "params changed") are the training jobs'; the rest downstream is pending only because a model
+    file it reads will be rewritten."""
+    path = demo / "maskdistill" / "training" / "loop.py"
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n# an edit\n")
+        summary = snakemake(demo, "--detailed-summary", "--cores", "1").stdout
+    finally:
+        path.write_text(original)
+    status = {}  # rule -> statuses of its outputs
+    for line in summary.splitlines()[1:]:
+        fields = line.split("\t")
+        status.setdefault(fields[2], set()).add(fields[-2])
+    changed = {rule for rule, found in status.items() if "params changed" in found}
+    assert changed == {"distill_train", "segment_train"}, status
+    assert status["distill_predict"] == status["segment_predict"] == {"ok"}
 
 
 def test_a_second_experiment_reuses_the_discover_shards(demo):
@@ -440,7 +460,7 @@ def _write_image(path: Path, seed: int) -> None:
 
 
 def _shard(name: str) -> int:
-    """The discover shard of an image (maskdistill.shards.shard_of), computed independently."""
+    """The discover shard of an image (maskdistill.sharding.shard_of), computed independently."""
     return zlib.crc32(name.encode()) % NUM_SHARDS
 
 

@@ -16,17 +16,17 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from maskdistill import cluster
+from maskdistill.cluster import kmeans, pseudo_gt
 from maskdistill.config import defaults
-from maskdistill.io import write_json
-from maskdistill.progress import Progress
-from maskdistill.provenance import provenance
-from maskdistill.shards import (
+from maskdistill.discover.shard_file import (
     full_resolution_mask,
     read_columns,
     read_shard,
     skipped_images,
 )
+from maskdistill.io import write_json
+from maskdistill.progress import Progress
+from maskdistill.provenance import provenance
 
 log = logging.getLogger(__name__)
 SETTINGS = ("k", "overcluster", "kmeans", "seed")
@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=default["overcluster"],
         help="clusters per class: K' = k x overcluster",
     )
-    parser.add_argument("--kmeans", choices=cluster.KMEANS_METHODS, default=default["kmeans"])
+    parser.add_argument("--kmeans", choices=kmeans.KMEANS_METHODS, default=default["kmeans"])
     parser.add_argument("--seed", type=int, default=default["seed"], help="K-means random state")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for K-means")
     parser.add_argument("--out", required=True, help="pseudo ground truth (COCO instances JSON)")
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> None:
         args.overcluster,
     )
     with threadpool_limits(args.threads):
-        result = cluster.cluster_features(
+        result = kmeans.cluster_features(
             table["feature"][keep],
             support,
             k=args.k,
@@ -108,12 +108,12 @@ def run(args: argparse.Namespace) -> None:
         "description": "maskdistill stage-2 pseudo ground truth (category_id = 1 + cluster index)",
         **provenance(),
     }
-    coco, empty = cluster.pseudo_ground_truth(
+    coco, empty = pseudo_gt.pseudo_ground_truth(
         _target_masks(args.shards, len(keep)), labels, result.num_clusters, info
     )
     write_json(args.out, coco)
     settings = {name: getattr(args, name) for name in SETTINGS}
-    stats = cluster.cluster_stats(settings, result, len(keep), empty, skipped_images(args.shards))
+    stats = pseudo_gt.cluster_stats(settings, result, len(keep), empty, skipped_images(args.shards))
     stats.update(
         shards=list(args.shards), support_shards=list(args.support_shards), provenance=provenance()
     )

@@ -47,7 +47,7 @@ def shard_records(
     """The images of shard ``--shard`` of ``--num-shards``; images whose names are unusable
     (:mod:`maskdistill.names`) stop the job under ``--on-bad-image error`` and are added to
     ``skipped`` (those of this shard) under ``skip``."""
-    from maskdistill.shards import select_shard, shard_of
+    from maskdistill.sharding import select_shard, shard_of
 
     dataset = open_dataset_from_args(args) if dataset is None else dataset
     records = dataset.usable_records(

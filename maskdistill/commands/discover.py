@@ -22,12 +22,12 @@ from maskdistill.commands.dataset_args import (
 from maskdistill.config import defaults
 from maskdistill.discover.batch import DiscoverSettings, discover_records
 from maskdistill.discover.feature import FEATURES
+from maskdistill.discover.shard_file import write_shard
 from maskdistill.images import ON_BAD_IMAGE, write_skipped
 from maskdistill.models import vit
 from maskdistill.models.specs import looks_like_path, weight_source
 from maskdistill.provenance import provenance
 from maskdistill.runtime import DEVICES, PRECISIONS, check_precision, resolve_device, set_threads
-from maskdistill.shards import write_shard
 
 log = logging.getLogger(__name__)
 

@@ -14,23 +14,16 @@ Defaults: the config schema's ``distill`` section (detectron2's R50-FPN 1x recip
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
-import shutil
-from pathlib import Path
 
 from maskdistill.commands.dataset_args import (
     add_dataset_arguments,
-    open_dataset_from_args,
     prediction_run,
     shard_records,
 )
-from maskdistill.commands.settings_args import add_settings_arguments, settings_from_args
-from maskdistill.commands.training_job import (
+from maskdistill.commands.settings_args import (
+    add_settings_arguments,
     add_training_arguments,
-    finish_training,
-    start_training,
-    weights_saver,
 )
 from maskdistill.config import defaults
 from maskdistill.io import read_json, write_json
@@ -60,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         command.add_argument("--no-progress", dest="progress", action="store_false")
     add_settings_arguments(train, "distill", SETTINGS, "network and schedule (docs/method.md)")
     add_training_arguments(train, "distill", "iteration")
-    train.set_defaults(_run=run_train)
+    train.set_defaults(_run="maskdistill.commands.distill_train:run_train")
     predict.add_argument("--model", required=True, help="the trained network (distill train)")
     predict.add_argument("--shard", type=int, default=0)
     predict.add_argument("--num-shards", type=int, default=1)
@@ -71,100 +64,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     merge.add_argument("--shards", nargs="+", required=True, help="shard predictions (JSON)")
     merge.add_argument("--out", required=True)
     merge.set_defaults(_run=run_merge)
-
-
-def _run_settings(args: argparse.Namespace, num_classes: int) -> dict:
-    """Everything that decides the trained network: settings, classes, the training data."""
-    digest = hashlib.sha256(Path(args.pseudo_gt).read_bytes()).hexdigest()
-    return {
-        **settings_from_args(args, SETTINGS),
-        "num_classes": num_classes,
-        "pseudo_gt_sha256": digest,
-    }
-
-
-def run_train(args: argparse.Namespace) -> None:
-    """Train (resuming when a checkpoint of the same run exists), write the final network."""
-    if args.backend == "detectron2":
-        run_train_detectron2(args)
-        return
-    from maskdistill import distributed
-    from maskdistill.distill.data import DistillDataset
-    from maskdistill.distill.train import DistillTrainSettings, train_maskrcnn
-    from maskdistill.models.maskrcnn import MaskRCNNSettings, build_maskrcnn
-    from maskdistill.provenance import provenance
-    from maskdistill.runtime import resolve_device, set_threads
-    from maskdistill.training import seeded
-
-    device = resolve_device(args.device)
-    world = distributed.init(device)
-    device = world.device(device)
-    set_threads(args.threads)
-    data = _training_data(args)
-    settings = DistillTrainSettings.from_config(vars(args))
-    with seeded(settings.seed):
-        model, _ = build_maskrcnn(data.num_categories, MaskRCNNSettings.from_config(vars(args)))
-    run_settings = _run_settings(args, data.num_categories)
-    run_settings["backbone"] = model.backbone_description  # the model file rebuilds alone
-    run = start_training(args, run_settings, world, device)
-    dataset = DistillDataset(data.images, settings.seed, flip=settings.flip)
-    trained = train_maskrcnn(model.to(device), dataset, settings, run)
-    if world.main:
-        saver = weights_saver(trained.state_dict(), run_settings, {"provenance": provenance()})
-        finish_training(args, saver, run.metrics_log)
-    distributed.close(world)
-
-
-def _training_data(args: argparse.Namespace):
-    from maskdistill.distill.data import training_set
-
-    coco = read_json(args.pseudo_gt)
-    data = training_set(coco, open_dataset_from_args(args).image_root, source=args.pseudo_gt)
-    log.info(
-        "%d training images (%d without a usable mask left out), %d degenerate masks dropped",
-        len(data.images),
-        len(data.without_annotations),
-        data.dropped_masks,
-    )
-    if not data.images:
-        raise ValueError(f"{args.pseudo_gt}: no image with a usable mask to train on")
-    return data
-
-
-def run_train_detectron2(args: argparse.Namespace) -> None:
-    """The detectron2 backend's training: its trainer and checkpointer, the same output files."""
-    import torch
-
-    from maskdistill.distill import detectron2
-    from maskdistill.provenance import provenance
-    from maskdistill.runtime import resolve_device, set_threads
-    from maskdistill.training import MetricsLog, resume_files
-
-    if not detectron2.available():
-        raise ValueError(f"distill.backend: detectron2 is not installed: {detectron2.INSTALL}")
-    device = resolve_device(args.device)
-    set_threads(args.threads)
-    data = _training_data(args)
-    run_settings = _run_settings(args, data.num_categories)
-    checkpoint, metrics = resume_files(args.resume_dir, run_settings)
-    output_dir = checkpoint.with_suffix("")  # detectron2's own checkpoints, keyed as ours
-    if args.no_resume and output_dir.exists():
-        shutil.rmtree(output_dir)
-    cfg = detectron2.build_config(
-        vars(args), data.num_categories, output_dir, device.type, args.workers,
-        args.checkpoint_every,
-    )  # fmt: skip
-    gpus = torch.cuda.device_count() if device.type == "cuda" else 1
-    if gpus > 1:  # detectron2's own launcher: one process per visible GPU
-        detectron2.train_on_gpus(cfg, data.images, not args.no_resume, gpus)
-        state = detectron2.final_weights(cfg)
-    else:
-        state = detectron2.train(cfg, data.images, resume=not args.no_resume).state_dict()
-    extra = {"provenance": provenance(), "backend": "detectron2", "detectron2": cfg.dump()}
-    log_file = MetricsLog(args.metrics)
-    for record in detectron2.metrics_records(output_dir / "metrics.json"):
-        log_file.write(record)
-    finish_training(args, weights_saver(state, run_settings, extra), None)
 
 
 def _torchvision_predictions(path, payload, run, mine, image_ids):
@@ -193,8 +92,8 @@ def run_predict(args: argparse.Namespace) -> None:
     from maskdistill.distill.detectron2 import INSTALL as DETECTRON2_INSTALL
     from maskdistill.distill.detectron2 import available as detectron2_available
     from maskdistill.images import write_skipped
+    from maskdistill.models.model_file import load_weights
     from maskdistill.runtime import resolve_device, set_threads
-    from maskdistill.training import load_weights
 
     device = resolve_device(args.device)
     set_threads(args.threads)

@@ -39,6 +39,7 @@ from maskdistill.commands.dataset_args import (
     open_dataset_from_args,
 )
 from maskdistill.data import Dataset, ImageRecord
+from maskdistill.discover.shard_file import full_resolution_mask, read_columns, read_shard
 from maskdistill.io import atomic_path, read_json, write_json
 from maskdistill.masks import (
     find_label_png,
@@ -55,7 +56,6 @@ from maskdistill.metrics import (
     semantic_scores,
 )
 from maskdistill.paper import PAPERS
-from maskdistill.shards import full_resolution_mask, read_columns, read_shard
 
 log = logging.getLogger(__name__)
 

@@ -16,45 +16,28 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from torch import nn
 
-from maskdistill import distributed
-from maskdistill.coco_files import index_annotations
 from maskdistill.commands.dataset_args import (
     add_dataset_arguments,
-    open_dataset_from_args,
     prediction_run,
     shard_records,
 )
-from maskdistill.commands.settings_args import add_settings_arguments, settings_from_args
-from maskdistill.commands.training_job import (
-    add_training_arguments,
-    finish_training,
-    start_training,
-    weights_saver,
-)
+from maskdistill.commands.settings_args import add_settings_arguments, add_training_arguments
 from maskdistill.config import defaults
-from maskdistill.data import Dataset, ImageRecord
 from maskdistill.images import ON_BAD_IMAGE, write_skipped
-from maskdistill.io import atomic_path, read_json, write_json
+from maskdistill.io import atomic_path, write_json
 from maskdistill.masks import label_png_path, voc_palette, write_label_png
-from maskdistill.models.deeplab import DeepLabSettings, build_deeplab, rebuild_deeplab
-from maskdistill.models.norm import Normalization
+from maskdistill.models.deeplab import DeepLabSettings, load_deeplab
 from maskdistill.names import check_collisions
-from maskdistill.progress import Progress
-from maskdistill.provenance import provenance
 from maskdistill.runtime import DEVICES, PRECISIONS, resolve_device, set_threads
 from maskdistill.segment.crf import CRFSettings
-from maskdistill.segment.data import Augmentation, SegmentationDataset, labelled_images
+from maskdistill.segment.data import Augmentation
 from maskdistill.segment.predict import predict_label_maps
-from maskdistill.segment.train import EpochSchedule, probe_network, train_epochs
-from maskdistill.training import load_weights, seeded
+from maskdistill.segment.schedule import EpochSchedule
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--pseudo-gt", required=True, help="stage-2 COCO JSON (the K clusters)")
     add_settings_arguments(train, "segment", NETWORK, "network (docs/method.md, stage 5)")
     add_settings_arguments(train, "segment", SCHEDULE, "training schedule")
-    train.set_defaults(_run=run_train)
+    train.set_defaults(_run="maskdistill.commands.segment_train:run_train")
     probe.add_argument("--model", required=True, help="the stage-5 network (segment train)")
     add_settings_arguments(probe, "probe", SCHEDULE, "probe schedule")
-    probe.set_defaults(_run=run_probe)
+    probe.set_defaults(_run="maskdistill.commands.segment_train:run_probe")
     predict.add_argument("--model", required=True, help="a network of segment train or probe")
     predict.add_argument("--shard", type=int, default=0)
     predict.add_argument("--num-shards", type=int, default=1)
@@ -104,118 +87,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     predict.set_defaults(_run=run_predict)
 
 
-def _digest(paths: list[Path]) -> str:
-    """A hash of the label files' names and bytes: a new training set starts a new run."""
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
-def _train(
-    args: argparse.Namespace,
-    model,
-    items: list,
-    norm,
-    run_settings: dict,
-    schedule: EpochSchedule,
-    loss: str,
-    world: distributed.World,
-    device,
-) -> None:
-    """Train ``model`` on ``items`` (resuming a run with the same settings), write --out."""
-    run = start_training(args, run_settings, world, device)
-    dataset = SegmentationDataset(items, Augmentation.from_config(vars(args)), norm, schedule.seed)
-    trained = train_epochs(model.to(device), dataset, schedule, run, loss=loss)
-    if world.main:
-        saver = weights_saver(trained.state_dict(), run_settings, {"provenance": provenance()})
-        finish_training(args, saver, run.metrics_log)
-    distributed.close(world)
-
-
-def load_model(path: str) -> tuple[nn.Module, Normalization, dict[str, Any]]:
-    """A stage-5 network or linear probe from its model file alone (no init weights, no config):
-    the network with its trained weights, its input normalisation, the file's payload."""
-    payload = load_weights(path)
-    settings = payload["settings"]
-    model, norm = rebuild_deeplab(settings, path)
-    if settings.get("supervised"):  # a linear probe: the new last convolution
-        model = probe_network(model, settings["num_outputs"])
-    model.load_state_dict(payload["model"])
-    return model, norm, payload
-
-
-def run_train(args: argparse.Namespace) -> None:
-    """DeepLab-v3 on the label maps of --labels."""
-    device = resolve_device(args.device)
-    world = distributed.init(device)
-    device = world.device(device)
-    set_threads(args.threads)
-    pseudo_gt = read_json(args.pseudo_gt)
-    _, num_clusters = index_annotations(pseudo_gt, args.pseudo_gt)
-    items, missing = labelled_images(open_dataset_from_args(args).records(), args.labels)
-    log.info("%d images with label maps (%d without, left out)", len(items), len(missing))
-    if not items:
-        raise ValueError(f"no label PNG for the images of {args.images} in {args.labels}")
-    schedule = EpochSchedule.from_config(vars(args))
-    network = DeepLabSettings.from_config(vars(args))
-    categories = pseudo_gt["categories"]
-    run_settings = {
-        **settings_from_args(args, NETWORK + AUGMENTATION + SCHEDULE),
-        "num_outputs": num_clusters + 1,
-        "label_names": ["background", *(str(c.get("name", c["id"])) for c in categories)],
-        "labels_sha256": _digest([item.labels for item in items]),
-    }
-    with seeded(schedule.seed):
-        model, norm = build_deeplab(num_clusters + 1, network)
-    run_settings["backbone"] = model.backbone_description  # the model file rebuilds alone
-    _train(args, model, items, norm, run_settings, schedule, "segment", world, device)
-
-
-def export_ground_truth(dataset: Dataset, records: list[ImageRecord], folder: Path) -> list:
-    """Write the semantic ground truth of ``records`` as label PNGs; return the labelled images."""
-    with Progress(len(records), "ground truth", "images") as bar:
-        for record in records:
-            labels = dataset.semantic_labels(record)
-            if labels is not None:
-                path = label_png_path(folder, record.file_name)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_label_png(path, labels)
-            bar.update()
-    return labelled_images(records, [folder])[0]
-
-
-def run_probe(args: argparse.Namespace) -> None:
-    """The linear probe: a new last convolution on the frozen network, trained on ground truth."""
-    device = resolve_device(args.device)
-    world = distributed.init(device)
-    device = world.device(device)
-    set_threads(args.threads)
-    dataset = open_dataset_from_args(args)
-    if not dataset.has_ground_truth:
-        raise ValueError(f"{args.images}: the linear probe needs ground-truth labels")
-    model, norm, payload = load_model(args.model)
-    num_classes = 1 + len(dataset.class_names)
-    schedule = EpochSchedule.from_config(vars(args))
-    with seeded(schedule.seed):
-        model = probe_network(model, num_classes)
-    folder = Path(args.resume_dir) / "ground_truth"
-    items = export_ground_truth(dataset, dataset.records(), folder) if world.main else []
-    distributed.barrier(world)
-    if not world.main:
-        items = labelled_images(dataset.records(), [folder])[0]
-    run_settings = {
-        **payload["settings"],
-        **settings_from_args(args, AUGMENTATION + SCHEDULE),
-        "probe_of": hashlib.sha256(Path(args.model).read_bytes()).hexdigest(),
-        "num_outputs": num_classes,
-        "supervised": True,  # predicts ground-truth classes
-        "label_names": ["background", *dataset.class_names],
-        "probe_splits": args.splits,
-    }
-    _train(args, model, items, norm, run_settings, schedule, "probe", world, device)
-
-
 def run_predict(args: argparse.Namespace) -> None:
     """Label PNGs of one shard of the dataset's images, and their legend."""
     out = Path(args.out)
@@ -225,7 +96,7 @@ def run_predict(args: argparse.Namespace) -> None:
         )
     device = resolve_device(args.device)
     set_threads(args.threads)
-    model, norm, payload = load_model(args.model)
+    model, norm, payload = load_deeplab(args.model)
     settings = payload["settings"]
     model = model.to(device).eval()
     run = prediction_run(args, device)

@@ -4,8 +4,8 @@ For every image of the pseudo ground truth (the learning images): its prediction
 least --tau, or its best one alone when none does, painted in descending score with their
 category id (1 + cluster index) on an all-zero map; a mask touching pixels painted before it
 is skipped (--overlap skip, the paper's text), or treated as the authors' code treats it
-(overwrite: see maskdistill.select). An image without any prediction gets no PNG (it leaves
-stage 5's training set, as in the reference). The PNGs (``<out>/<file name stem>.png``,
+(overwrite: see maskdistill.select.confident). An image without any prediction gets no PNG
+(it leaves stage 5's training set, as in the reference). The PNGs (``<out>/<file name stem>.png``,
 data/README.md) are written into a temporary folder renamed when complete; --stats gets what
 was kept per image.
 """
@@ -23,7 +23,7 @@ from maskdistill.masks import IGNORE, decode_rle, label_png_path, write_label_pn
 from maskdistill.names import check_collisions, check_name
 from maskdistill.progress import Progress
 from maskdistill.provenance import provenance
-from maskdistill.select import select_label_map
+from maskdistill.select.confident import select_label_map
 
 log = logging.getLogger(__name__)
 SETTINGS = ("tau", "overlap")

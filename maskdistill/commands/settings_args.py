@@ -2,7 +2,8 @@
 
 Each setting ``a_b`` of the section becomes ``--a-b`` with the schema's type, choices, default
 and description, so a command and the workflow (``maskdistill.workflow.cli_flags``) agree on
-every setting without restating it.
+every setting without restating it. A training command also has its resume options
+(:func:`add_training_arguments`; what they do: :mod:`maskdistill.commands.training_job`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 from collections.abc import Iterable
 from typing import Any
 
-from maskdistill.config import load_schema
+from maskdistill.config import defaults, load_schema
 
 _TYPES = {"integer": int, "number": float, "string": str}
 
@@ -47,3 +48,20 @@ def add_settings_arguments(
 def settings_from_args(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
     """The parsed values of the settings ``names``."""
     return {name: getattr(args, name) for name in names}
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, section: str, unit: str) -> None:
+    """``--out --metrics --resume-dir --checkpoint-every --no-resume --keep-checkpoints``."""
+    parser.add_argument("--out", required=True, help="the trained network (.pth)")
+    parser.add_argument("--metrics", required=True, help=f"per-{unit} metrics (JSON lines)")
+    parser.add_argument("--resume-dir", required=True, help="folder of the rolling checkpoint")
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=defaults(section)["checkpoint_every"], help=unit
+    )
+    parser.add_argument("--no-resume", action="store_true", help=f"start from {unit} 0")
+    parser.add_argument(
+        "--keep-checkpoints",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="keep the resume folder's checkpoints after a finished training",
+    )

@@ -16,42 +16,24 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from maskdistill.config import defaults
-
 if TYPE_CHECKING:
     import torch
 
     from maskdistill.distributed import World
-    from maskdistill.training import TrainingRun
+    from maskdistill.training.loop import TrainingRun
 
 log = logging.getLogger(__name__)
-
-
-def add_training_arguments(parser: argparse.ArgumentParser, section: str, unit: str) -> None:
-    """``--out --metrics --resume-dir --checkpoint-every --no-resume --keep-checkpoints``."""
-    parser.add_argument("--out", required=True, help="the trained network (.pth)")
-    parser.add_argument("--metrics", required=True, help=f"per-{unit} metrics (JSON lines)")
-    parser.add_argument("--resume-dir", required=True, help="folder of the rolling checkpoint")
-    parser.add_argument(
-        "--checkpoint-every", type=int, default=defaults(section)["checkpoint_every"], help=unit
-    )
-    parser.add_argument("--no-resume", action="store_true", help=f"start from {unit} 0")
-    parser.add_argument(
-        "--keep-checkpoints",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="keep the resume folder's checkpoints after a finished training",
-    )
 
 
 def start_training(
     args: argparse.Namespace, run_settings: Mapping[str, Any], world: World, device: torch.device
 ) -> TrainingRun:
-    """The job's :class:`~maskdistill.training.TrainingRun`: its resume files in --resume-dir
+    """The job's :class:`~maskdistill.training.loop.TrainingRun`: its resume files in --resume-dir
     (a checkpoint of other settings is removed there by the main process; the other processes
     wait for it), the command's run options."""
     from maskdistill.distributed import barrier
-    from maskdistill.training import TrainingRun, resume_files
+    from maskdistill.training.checkpoints import resume_files
+    from maskdistill.training.loop import TrainingRun
 
     checkpoint, metrics = resume_files(args.resume_dir, run_settings, world.main)
     barrier(world)
@@ -76,7 +58,7 @@ def finish_training(
     """The end of a training job on the main process: ``save(--out)``, the metrics log copied
     to ``--metrics`` (None: ``save`` wrote it), the resume folder's files removed unless
     ``--keep-checkpoints``."""
-    from maskdistill.training import remove_resume_files
+    from maskdistill.training.checkpoints import remove_resume_files
 
     save(Path(args.out))
     if metrics is not None:
@@ -90,6 +72,6 @@ def weights_saver(
     model_state: Mapping[str, Any], run_settings: Mapping[str, Any], extra: Mapping[str, Any]
 ) -> Callable[[Path], None]:
     """``save`` for :func:`finish_training`: a model file of ``model_state``."""
-    from maskdistill.training import save_state
+    from maskdistill.models.model_file import save_state
 
     return lambda path: save_state(path, model_state, run_settings, extra)

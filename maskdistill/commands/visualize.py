@@ -16,16 +16,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from maskdistill import coco_files, pictures, plots, visualize
+from maskdistill import coco_files
 from maskdistill.commands.dataset_args import add_dataset_arguments, open_dataset_from_args
 from maskdistill.commands.settings_args import add_settings_arguments
 from maskdistill.data import Dataset, ImageRecord
+from maskdistill.discover.shard_file import full_resolution_mask, read_shard
 from maskdistill.images import load_image
 from maskdistill.io import atomic_path, read_json, read_json_lines
 from maskdistill.masks import find_label_png, label_png_path, read_label_png
 from maskdistill.metrics import ablation_rows
 from maskdistill.paper import PAPERS
-from maskdistill.shards import full_resolution_mask, read_shard
+from maskdistill.pictures import charts, drawing, sheets
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="what", required=True, metavar="WHAT")
     sheet = sub.add_parser("sheet", help="a contact sheet of one stage (PNG)")
-    sheet.add_argument("--stage", choices=visualize.STAGES, required=True)
+    sheet.add_argument("--stage", choices=sheets.STAGES, required=True)
     add_dataset_arguments(sheet)
     sheet.add_argument("--shards", nargs="+", default=[], help="discover shards")
     sheet.add_argument("--pseudo-gt", default=None, help="stage-2 COCO JSON")
@@ -112,7 +113,7 @@ def _labels(folders: list[str], file_name: str) -> np.ndarray | None:
 
 
 def sheet_data(args: argparse.Namespace, dataset: Dataset, records: list[ImageRecord]):
-    """What the given inputs hold for each sampled image, as :class:`visualize.ImageData`."""
+    """What the given inputs hold for each sampled image, as :class:`sheets.ImageData`."""
     names = {r.file_name for r in records}
     discoveries = _discoveries(args.shards, names)
     pseudo = _pseudo_masks(args.pseudo_gt, records) if args.pseudo_gt else {}
@@ -125,7 +126,7 @@ def sheet_data(args: argparse.Namespace, dataset: Dataset, records: list[ImageRe
             read_label_png(selected_path) if selected_path and selected_path.is_file() else None
         )
         data.append(
-            visualize.ImageData(
+            sheets.ImageData(
                 file_name=record.file_name,
                 image=load_image(record.path),
                 ground_truth=dataset.semantic_labels(record),
@@ -143,13 +144,13 @@ def sheet_data(args: argparse.Namespace, dataset: Dataset, records: list[ImageRe
 def _legend(args: argparse.Namespace, dataset: Dataset) -> list[tuple[int, str]]:
     classes = dataset.class_names if dataset.has_ground_truth else ()
     if args.stage == "discover" or args.pseudo_gt is None:
-        return pictures.cluster_legend(0, class_names=classes)
+        return drawing.cluster_legend(0, class_names=classes)
     _, num_clusters = coco_files.index_annotations(read_json(args.pseudo_gt), args.pseudo_gt)
     matching = None
     if args.cluster_metrics:
         semantic = read_json(args.cluster_metrics).get("semantic") or {}
         matching = semantic.get("matching")
-    return pictures.cluster_legend(num_clusters, matching, classes)
+    return drawing.cluster_legend(num_clusters, matching, classes)
 
 
 def write_sheet(args: argparse.Namespace) -> None:
@@ -158,10 +159,10 @@ def write_sheet(args: argparse.Namespace) -> None:
     records = dataset.records()
     if not records:
         raise ValueError(f"{args.images}: no images in splits {args.splits}")
-    chosen = set(visualize.sample([r.file_name for r in records], args.count, args.seed))
+    chosen = set(sheets.sample([r.file_name for r in records], args.count, args.seed))
     sampled = sorted((r for r in records if r.file_name in chosen), key=lambda r: r.file_name)
     data = sheet_data(args, dataset, sampled)
-    sheet = visualize.stage_sheet(args.stage, data, _legend(args, dataset), args.height)
+    sheet = sheets.stage_sheet(args.stage, data, _legend(args, dataset), args.height)
     write_png(args.out, sheet)
 
 
@@ -208,21 +209,23 @@ def write_plots(args: argparse.Namespace) -> None:
             [a["category_id"] - 1 for a in coco["annotations"]], minlength=num_clusters
         )
         names = [f"cluster_{k:02d}" for k in range(num_clusters)]
-        write_png(out / "cluster_sizes.png", plots.size_bars(sizes.tolist(), names))
+        write_png(out / "cluster_sizes.png", charts.size_bars(sizes.tolist(), names))
     if args.predictions:
         if args.tau is None:
             raise ValueError("--predictions needs --tau (the selection threshold to mark)")
         scores = [p["score"] for p in read_json(args.predictions)]
-        write_png(out / "scores.png", plots.score_histogram(scores, args.tau))
+        write_png(out / "scores.png", charts.score_histogram(scores, args.tau))
     if args.logs:
-        write_png(out / "training.png", plots.training_curves(_named_logs(args.logs)))
+        write_png(out / "training.png", charts.training_curves(_named_logs(args.logs)))
     if args.reports:
-        write_png(out / "miou.png", plots.miou_bars(_stage_rows(args)))
+        write_png(out / "miou.png", charts.miou_bars(_stage_rows(args)))
         per_class = {}
         for path in args.reports:
             report = read_json(path)
             if report.get("per_class_iou"):
                 per_class[report["title"]] = report["per_class_iou"]
-        write_png(out / "per_class.png", plots.per_class_bars(per_class))
+        write_png(out / "per_class.png", charts.per_class_bars(per_class))
     if args.cluster_metrics:
-        write_png(out / "confusion.png", plots.confusion_heatmap(*_confusion(args.cluster_metrics)))
+        write_png(
+            out / "confusion.png", charts.confusion_heatmap(*_confusion(args.cluster_metrics))
+        )

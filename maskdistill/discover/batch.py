@@ -168,7 +168,8 @@ def discover_batch(
     device: torch.device,
     precision: str = "fp32",
 ) -> list[dict[str, Any]]:
-    """Shard records (see :func:`maskdistill.shards.read_shard`) for images of one input shape."""
+    """Shard records (see :func:`maskdistill.discover.shard_file.read_shard`) for images of one
+    input shape."""
     patch = vit.patch_size(models.backbone)
     images = torch.stack([item.value.image for item in items]).to(device)
     results, masks, boxes = [], [], []

@@ -18,13 +18,8 @@ import torch
 from maskdistill.config import Settings
 from maskdistill.distill.data import DistillDataset, step_batches
 from maskdistill.distributed import World
-from maskdistill.training import (
-    StepSampler,
-    TrainingRun,
-    fit,
-    parameter_groups,
-    step_decay_schedule,
-)
+from maskdistill.training.loop import StepSampler, TrainingRun, fit
+from maskdistill.training.schedules import parameter_groups, step_decay_schedule
 
 REFERENCE_BATCH = 16  # ``lr`` is the learning rate of this total batch (detectron2's)
 

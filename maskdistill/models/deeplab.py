@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabV3
 from maskdistill.config import Settings
 from maskdistill.models import vit
 from maskdistill.models.checkpoint import described_backbone
+from maskdistill.models.model_file import load_weights
 from maskdistill.models.norm import Normalization
 from maskdistill.models.resnet import build_resnet, load_resnet_weights, resnet_weights
 
@@ -163,3 +165,32 @@ def rebuild_deeplab(settings: Mapping[str, Any], source: str) -> tuple[DeepLab, 
     network = DeepLabSettings.from_config(settings)
     backbone = described_backbone(settings, source)
     return build_deeplab(settings["num_outputs"], network, backbone=backbone)
+
+
+def probe_network(model: nn.Module, num_classes: int) -> nn.Module:
+    """``model`` frozen, with a new last 1 x 1 convolution to ``num_classes`` outputs.
+
+    The new convolution's weights are drawn from N(0, 0.01) and its bias is 0 (the reference);
+    every other parameter is fixed and the network stays in evaluation mode in training.
+    """
+    old = model.classifier_conv
+    new = nn.Conv2d(old.in_channels, num_classes, kernel_size=1)
+    nn.init.normal_(new.weight, mean=0.0, std=0.01)
+    nn.init.zeros_(new.bias)
+    model.classifier[-1] = new
+    last = len(model.classifier) - 1
+    model.freeze(["backbone"] + [f"classifier.{i}" for i in range(last)])
+    return model
+
+
+def load_deeplab(path: str | Path) -> tuple[DeepLab, Normalization, dict[str, Any]]:
+    """A stage-5 network or linear probe from its model file alone (no init weights, no config):
+    the network with its trained weights (loaded strictly), its input normalisation, the file's
+    payload."""
+    payload = load_weights(path)
+    settings = payload["settings"]
+    model, norm = rebuild_deeplab(settings, str(path))
+    if settings.get("supervised"):  # a linear probe: the new last convolution
+        model = probe_network(model, settings["num_outputs"])
+    model.load_state_dict(payload["model"])
+    return model, norm, payload

@@ -22,16 +22,13 @@ from maskdistill.pretrain.settings import PretrainSettings
 from maskdistill.pretrain.views import ViewSource
 from maskdistill.progress import Progress
 from maskdistill.provenance import provenance
-from maskdistill.training import (
-    CheckpointError,
-    MetricsLog,
-    check_finite,
-    cosine_schedule,
-    ema_update,
-    step_generators,
-)
-from maskdistill.training import load_checkpoint as read_training_checkpoint
-from maskdistill.training import save_checkpoint as write_training_checkpoint
+from maskdistill.training.checkpoints import CheckpointError
+from maskdistill.training.checkpoints import load_checkpoint as read_training_checkpoint
+from maskdistill.training.checkpoints import save_checkpoint as write_training_checkpoint
+from maskdistill.training.loop import check_finite
+from maskdistill.training.metrics_log import MetricsLog
+from maskdistill.training.rng import step_generators
+from maskdistill.training.schedules import cosine_schedule, ema_update
 
 log = logging.getLogger(__name__)
 

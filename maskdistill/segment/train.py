@@ -1,6 +1,6 @@
 """Training DeepLab-v3 on label maps (stage 5) and the linear probe: epochs, resumable, DDP.
 
-Both run on :func:`maskdistill.training.run_steps`: an epoch is a (seed, epoch) permutation of
+Both run on :func:`maskdistill.training.loop.run_steps`: an epoch is a (seed, epoch) permutation of
 the images cut into full batches; the learning rate is multiplied by ``gamma`` at the epochs
 ``lr_epochs``; SGD with momentum and weight decay on every trained parameter. Stage 5 uses the
 hard-pixel-mining cross-entropy; the probe trains only a new last 1 x 1 convolution with plain
@@ -11,65 +11,18 @@ final model is the result: no epoch is picked by its validation score.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskdistill.config import Settings
 from maskdistill.distributed import World
 from maskdistill.masks import IGNORE
 from maskdistill.segment.data import SegmentationDataset, epoch_order
 from maskdistill.segment.loss import ohem_cross_entropy
-from maskdistill.training import (
-    StepSampler,
-    TrainingRun,
-    fit,
-    parameter_groups,
-    step_decay_schedule,
-)
-
-
-@dataclass(frozen=True)
-class EpochSchedule(Settings):
-    """An epoch-based SGD schedule (config ``segment``, ``probe``).
-
-    Attributes:
-        epochs: passes over the training images.
-        batch_size: images per step, over all processes.
-        lr, momentum, weight_decay: SGD's.
-        lr_epochs: the rate is multiplied by ``gamma`` for each of these that the 0-based
-            epoch exceeds (the reference's ``epoch > m``: [40] decays from the 42nd epoch).
-        gamma: the decay factor.
-        clip_grad: gradient-norm clip (0: none).
-        amp: mixed precision on CUDA.
-        seed: every random draw of the run.
-    """
-
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
-    weight_decay: float
-    lr_epochs: tuple[int, ...]
-    gamma: float
-    clip_grad: float
-    amp: bool
-    seed: int
-
-    def steps_per_epoch(self, images: int) -> int:
-        """Full batches per epoch (raises ValueError when there is not even one)."""
-        steps = images // self.batch_size
-        if steps == 0:
-            raise ValueError(f"batch size {self.batch_size}: only {images} training images")
-        return steps
-
-    def lr_at(self, step: int, steps_per_epoch: int) -> float:
-        """The learning rate of step ``step``: multiplied by ``gamma`` for each epoch of
-        ``lr_epochs`` that the step's 0-based epoch exceeds (the reference's rule)."""
-        epoch = step // steps_per_epoch
-        return step_decay_schedule(epoch, self.lr, self.lr_epochs, self.gamma, after=True)
+from maskdistill.segment.schedule import EpochSchedule
+from maskdistill.training.loop import StepSampler, TrainingRun, fit
+from maskdistill.training.schedules import parameter_groups
 
 
 class EpochSampler(StepSampler):
@@ -147,19 +100,3 @@ def train_epochs(
         run=run,
         sync_batchnorm=True,
     )
-
-
-def probe_network(model: nn.Module, num_classes: int) -> nn.Module:
-    """``model`` frozen, with a new last 1 x 1 convolution to ``num_classes`` outputs.
-
-    The new convolution's weights are drawn from N(0, 0.01) and its bias is 0 (the reference);
-    every other parameter is fixed and the network stays in evaluation mode in training.
-    """
-    old = model.classifier_conv
-    new = nn.Conv2d(old.in_channels, num_classes, kernel_size=1)
-    nn.init.normal_(new.weight, mean=0.0, std=0.01)
-    nn.init.zeros_(new.bias)
-    model.classifier[-1] = new
-    last = len(model.classifier) - 1
-    model.freeze(["backbone"] + [f"classifier.{i}" for i in range(last)])
-    return model

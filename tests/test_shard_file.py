@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from maskdistill.shards import (
+from maskdistill.discover.shard_file import (
     ShardWriter,
     full_resolution_mask,
     read_shard,
@@ -56,7 +56,7 @@ def test_round_trip_keeps_every_field(tmp_path):
 
 
 def test_read_crosses_block_boundaries(tmp_path, monkeypatch):
-    monkeypatch.setattr("maskdistill.shards._READ_BLOCK", 3)
+    monkeypatch.setattr("maskdistill.discover.shard_file._READ_BLOCK", 3)
     records = [make_record(i, grid_shape=(1 + i % 4, 2)) for i in range(8)]
     write_shard(tmp_path / "s.h5", records, {})
     back = list(read_shard(tmp_path / "s.h5"))

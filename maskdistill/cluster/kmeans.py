@@ -1,24 +1,17 @@
-"""Stage 2 core: K-means over mask features, and the COCO pseudo ground truth (pure, no file I/O).
+"""K-means over mask features (docs/method.md, stage 2; pure, no file I/O).
 
-docs/method.md, stage 2: divide every feature dimension by its standard deviation over the whole set
+Divide every feature dimension by its standard deviation over the whole set
 (scipy.cluster.vq.whiten), L2-normalise every vector, K-means with K' = k x overcluster clusters.
 Support-set features are clustered together with the target set; only the target's labels are
 returned.
-
-Cluster index i (0-based) is written as COCO ``category_id`` i + 1 named ``cluster_<i>``, and the
-stage-2 label maps paint a mask with the same value i + 1 (0 is background).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from sklearn.cluster import KMeans, MiniBatchKMeans
-
-from maskdistill.masks import mask_annotation
 
 KMEANS_METHODS = ("full", "minibatch")
 MINIBATCH_SIZE = 1000  # the reference's MiniBatchKMeans(batch_size=1000)
@@ -121,94 +114,3 @@ def cluster_features(
         inertia=inertia,
         num_clusters=num_clusters,
     )
-
-
-def cluster_name(index: int) -> str:
-    """Category name of cluster ``index`` (0-based): ``cluster_00``, ``cluster_01``, ..."""
-    return f"cluster_{index:02d}"
-
-
-def coco_categories(num_clusters: int) -> list[dict[str, Any]]:
-    """COCO categories of the clusters: id = cluster index + 1, name ``cluster_<index>``."""
-    return [
-        {"id": i + 1, "name": cluster_name(i), "supercategory": "object"}
-        for i in range(num_clusters)
-    ]
-
-
-def pseudo_ground_truth(
-    images: Iterable[tuple[str, tuple[int, int], np.ndarray | None]],
-    labels: dict[str, int],
-    num_clusters: int,
-    info: dict[str, Any],
-) -> tuple[dict[str, Any], list[str]]:
-    """The COCO instances dict of the pseudo ground truth, and the images whose mask is empty.
-
-    Args:
-        images: (file name, (H, W), full-resolution bool mask or None when empty) per target
-            image, in shard order (e.g. streamed from the shards).
-        labels: file name -> cluster index of each non-empty mask.
-        num_clusters: K'.
-        info: the JSON's ``info`` (description, provenance).
-
-    Image ids are numbered 0, 1, ... in the given order, not taken from the shards: a shard's
-    ids are positions in the dataset listing when it was written, and after images are added to
-    a folder dataset only the shards they land in are rewritten, so ids from different shards
-    may collide (stages join by file name).
-    """
-    coco_images, annotations, empty = [], [], []
-    for file_name, (height, width), mask in images:
-        image_id = len(coco_images)
-        coco_images.append(
-            {"id": image_id, "file_name": file_name, "height": height, "width": width}
-        )
-        if mask is None or not mask.any():
-            empty.append(file_name)
-            continue
-        annotations.append(
-            mask_annotation(
-                mask,
-                annotation_id=len(annotations) + 1,
-                image_id=image_id,
-                category_id=labels[file_name] + 1,
-            )
-        )
-    coco = {
-        "info": info,
-        "images": coco_images,
-        "annotations": annotations,
-        "categories": coco_categories(num_clusters),
-    }
-    return coco, empty
-
-
-def cluster_stats(
-    settings: dict[str, Any],
-    result: Clustering,
-    num_images: int,
-    empty: list[str],
-    skipped: list[list[str]],
-) -> dict[str, Any]:
-    """The stats JSON (data/README.md, "Cluster stats JSON"), without the input paths.
-
-    Args:
-        settings: ``k``, ``overcluster``, ``kmeans``, ``seed``.
-        num_images: target images (empty masks included).
-        empty: file names whose mask was empty.
-        skipped: ``[file_name, reason]`` of images the discover shards skipped.
-    """
-    return {
-        "k": settings["k"],
-        "overcluster": settings["overcluster"],
-        "num_clusters": result.num_clusters,
-        "kmeans": settings["kmeans"],
-        "seed": settings["seed"],
-        "inertia": result.inertia,
-        "num_images": int(num_images),
-        "num_annotated": int(num_images - len(empty)),
-        "num_support": int(result.support_sizes.sum()),
-        "cluster_sizes": result.sizes.tolist(),
-        "support_cluster_sizes": result.support_sizes.tolist(),
-        "empty_images": empty,
-        "skipped_images": skipped,
-    }

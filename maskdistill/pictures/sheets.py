@@ -3,7 +3,7 @@
 The sample is the same for every stage and every run with the same images, count and seed: the
 images whose ``crc32("<seed>/<file name>")`` are smallest, shown in file-name order. A sheet has
 one row per sampled image and the columns of its stage (:data:`COLUMNS`), each drawn from the
-image's :class:`ImageData` by :mod:`maskdistill.pictures`; a column whose data an image lacks
+image's :class:`ImageData` by :mod:`.drawing`; a column whose data an image lacks
 (e.g. no ground truth) is left out of the sheet.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from maskdistill import pictures
+from maskdistill.pictures import drawing
 
 
 @dataclass
@@ -48,7 +48,7 @@ def _attention(d: ImageData) -> np.ndarray | None:
     r = d.discovery
     if r is None:
         return None
-    return pictures.attention_panel(
+    return drawing.attention_panel(
         d.image, r["attention"].astype(float), r["patch_size"], r["resized_size"], r["source"]
     )
 
@@ -56,25 +56,25 @@ def _attention(d: ImageData) -> np.ndarray | None:
 def _mask(d: ImageData) -> np.ndarray | None:
     if d.discovery is None:
         return None
-    out = pictures.overlay(d.image, d.discovery["mask"], pictures.MASK_COLOUR)
-    return pictures.draw_box(out, d.discovery["box"])
+    out = drawing.overlay(d.image, d.discovery["mask"], drawing.MASK_COLOUR)
+    return drawing.draw_box(out, d.discovery["box"])
 
 
 def _pseudo(d: ImageData) -> np.ndarray | None:
     if d.pseudo is None:
         return None if d.discovery is None else d.image  # an empty mask: no annotation
     mask, category = d.pseudo
-    return pictures.overlay(d.image, mask, pictures.label_colour(category))
+    return drawing.overlay(d.image, mask, drawing.label_colour(category))
 
 
 def _predictions(d: ImageData) -> np.ndarray:
-    return pictures.predictions_panel(d.image, d.predictions)
+    return drawing.predictions_panel(d.image, d.predictions)
 
 
 def _labels(attribute: str) -> Callable[[ImageData], np.ndarray | None]:
     def draw(d: ImageData) -> np.ndarray | None:
         labels = getattr(d, attribute)
-        return None if labels is None else pictures.label_overlay(d.image, labels)
+        return None if labels is None else drawing.label_overlay(d.image, labels)
 
     return draw
 
@@ -113,4 +113,4 @@ def stage_sheet(
         [row[c] if row[c] is not None else d.image for c in kept]
         for row, d in zip(cells, images, strict=True)
     ]
-    return pictures.contact_sheet(rows, [columns[c][0] for c in kept], legend, height)
+    return drawing.contact_sheet(rows, [columns[c][0] for c in kept], legend, height)
