@@ -1,13 +1,16 @@
 # What the stages share: config validation, the top-level paths, the content key of a
-# content-addressed cache folder, the helper that turns settings into command-line flags, and
-# the functions about datasets and shards. Each stage's own paths and outputs are constants in
-# its rules/<stage>.smk (Snakemake's linter wants every function here).
+# content-addressed cache folder, the helper that turns settings into command-line flags, the
+# functions about datasets and shards, and, in one section per stage, the input and parameter
+# functions of the stages' rules. Each stage's own paths and outputs are constants in its
+# rules/<stage>.smk; its functions live here because Snakemake's linter asks that a rule file
+# holds no function (as in snakemake-workflows, whose input functions live in common.smk).
 #
 # The rules of every stage share one pattern (docs/workflow.md):
 #   threads: RESOURCES["<stage>"]["threads"]; resources: mem_mb, runtime, gpu from the same entry
 #     (resources only, never params, so that changing them reruns nothing);
-#   params: code=code_fingerprint("maskdistill.commands.<command>") (editing the stage's code
-#     reruns it) and the stage's settings as flags=cli_flags(...);
+#   params: code=code_fingerprint("maskdistill.commands.<command>") (editing the job's code
+#     reruns it; a training job's command is commands/<stage>_train.py, so that an edit to the
+#     training loop changes no prediction job) and the stage's settings as flags=cli_flags(...);
 #   GPU stages prefix their shell command with
 #     "maskdistill gpu-run --gpus {resources.gpu} --lock-dir {params.gpu_locks:q} -- "
 #     and pass gpu_locks=GPU_LOCKS (workstation pinning; a no-op under SLURM).
@@ -94,6 +97,9 @@ if (
         "images, so their metrics need the evaluation split among them (the reference learns on "
         "trainval and evaluates on val)"
     )
+
+
+# ---------------------------------------------------------------- datasets and shards (every stage)
 
 
 def shard_paths(folder, num_shards, suffix=".h5"):
@@ -188,6 +194,9 @@ def _dag_names(root):
     return [n for n in names if n not in braced]
 
 
+# ---------------------------------------------------------------- stage 5 (rules/segment.smk)
+
+
 def segment_title(net, mode):
     """The metrics-table row of a stage-5 network's predictions."""
     name = "linear probe" if net == "probe" else "stage 5: segment"
@@ -222,6 +231,9 @@ def training_labels(wildcards):
     )
 
 
+# ---------------------------------------------------------------- the target `all` (Snakefile)
+
+
 def final_outputs():
     """The inputs of the target `all`: the final output of every stage that exists, and the
     pictures.
@@ -243,6 +255,63 @@ def final_outputs():
         + EVALUATE_OUTPUTS
         + PICTURES
     )
+
+
+# ---------------------------------------------------------------- metrics (rules/evaluate.smk)
+
+
+def evaluation_inputs(wildcards):
+    """The files a metrics JSON (rules/evaluate.smk) is computed from, by report name."""
+    name = wildcards.report
+    inputs = {"dataset": dataset_ready()}
+    if name == "discovery":
+        return inputs | {"shards": DISCOVER_SHARDS}
+    inputs["pseudo_gt"] = PSEUDO_GT
+    if (
+        NAMING is not None
+        and name != "cluster"
+        and not name.startswith("segment-probe")
+    ):
+        inputs["naming"] = NAMING  # named as stage 2's clusters were
+    if name == "distill":
+        inputs["predictions"] = DISTILL_PREDICTIONS
+    elif name == "select":
+        inputs |= {"labels": SELECT_LABELS, "select_stats": SELECT_DIR / "stats.json"}
+    elif name.startswith("segment-"):
+        net, mode = name.removeprefix("segment-").rsplit("-", 1)
+        inputs["labels"] = prediction_dirs(net, mode, "eval")
+    return inputs
+
+
+def evaluation_command(wildcards):
+    """The `maskdistill evaluate` subcommand and flags that write a metrics JSON (a function of
+    the wildcards alone: Snakemake compares such params with the last run's, and reruns on a
+    change, but not params that read `input`).
+
+    Every report scores the evaluation split, but stage 4's maps, which label the
+    learning images: they are scored there, as pseudo-label quality.
+    """
+    name = wildcards.report
+    files = without(evaluation_inputs(wildcards), "dataset")
+    splits = None if name == "select" else [DATASET["eval_split"]]
+    flags = f"{cli_flags(files)} {dataset_args(splits)}"
+    if name in ("discovery", "distill"):
+        return f"{name} {flags}"
+    if name == "cluster":
+        matching = {
+            "matching": EVALUATE["matching"],
+            "matching_splits": DATASET["learn_splits"],
+        }
+        return f"cluster {flags} {cli_flags(matching)}"
+    if name == "select":
+        title, extra = "stage 4: select", {"missing": "skip"}
+    else:
+        net, mode = name.removeprefix("segment-").rsplit("-", 1)
+        title, extra = segment_title(net, mode), {"supervised": net == "probe" or None}
+    return f"labels {flags} {cli_flags({'title': title, **extra})}"
+
+
+# ---------------------------------------------------------------- pictures (rules/visualize.smk)
 
 
 def sheet_inputs(wildcards):

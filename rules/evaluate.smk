@@ -23,9 +23,7 @@ METRICS_REPORTS = [
     for mode in SCORED_MODES
 ]
 # the objects protocol names every stage's labels as stage 2's metrics did (--naming)
-NAMING = EVALUATE_DIR / "cluster.json"
-NAMED = {"naming": [NAMING]} if EVALUATE["matching"] == "objects" else {}
-NAMING_FLAGS = cli_flags({"naming": NAMING}) if NAMED else ""
+NAMING = EVALUATE_DIR / "cluster.json" if EVALUATE["matching"] == "objects" else None
 # the metrics table and the ablation table (and with them every metrics JSON), when there is
 # ground truth
 EVALUATE_OUTPUTS = (
@@ -35,157 +33,23 @@ EVALUATE_OUTPUTS = (
 )
 
 
-rule evaluate_discovery:
+# one job per metrics JSON: evaluation_inputs and evaluation_command (rules/common.smk) say what
+# each report reads and which `maskdistill evaluate` subcommand writes it
+rule evaluate:
     input:
-        dataset=dataset_ready(),
-        shards=DISCOVER_SHARDS,
+        unpack(evaluation_inputs),
     output:
         report(
-            EVALUATE_DIR / "discovery.json",
+            EVALUATE_DIR / "{report}.json",
             caption="../report/evaluate_json.rst",
             category="Metrics",
         ),
     log:
-        LOGS / "evaluate_discovery.log",
+        LOGS / "evaluate" / "{report}.log",
     benchmark:
-        BENCHMARKS / "evaluate_discovery.tsv"
-    conda:
-        "../envs/maskdistill.yaml"
-    threads: RESOURCES["evaluate"]["threads"]
-    resources:
-        mem_mb=RESOURCES["evaluate"]["mem_mb"],
-        runtime=RESOURCES["evaluate"]["runtime"],
-        gpu=RESOURCES["evaluate"]["gpu"],
-    params:
-        code=code_fingerprint("maskdistill.commands.evaluate"),
-        dataset=dataset_args([DATASET["eval_split"]]),
-    shell:
-        "maskdistill evaluate discovery --shards {input.shards:q} {params.dataset}"
-        " --out {output:q} 2> {log:q}"
-
-
-rule evaluate_cluster:
-    input:
-        dataset=dataset_ready(),
-        pseudo_gt=PSEUDO_GT,
-    output:
-        report(
-            EVALUATE_DIR / "cluster.json",
-            caption="../report/evaluate_json.rst",
-            category="Metrics",
-        ),
-    log:
-        LOGS / "evaluate_cluster.log",
-    benchmark:
-        BENCHMARKS / "evaluate_cluster.tsv"
-    conda:
-        "../envs/maskdistill.yaml"
-    threads: RESOURCES["evaluate"]["threads"]
-    resources:
-        mem_mb=RESOURCES["evaluate"]["mem_mb"],
-        runtime=RESOURCES["evaluate"]["runtime"],
-        gpu=RESOURCES["evaluate"]["gpu"],
-    params:
-        code=code_fingerprint("maskdistill.commands.evaluate"),
-        dataset=dataset_args([DATASET["eval_split"]]),
-        # objects: the clusters are named by the object-level matching over the learning images
-        matching=cli_flags(
-            {
-                "matching": EVALUATE["matching"],
-                "matching_splits": DATASET["learn_splits"],
-            }
-        ),
-    shell:
-        "maskdistill evaluate cluster --pseudo-gt {input.pseudo_gt:q} {params.dataset}"
-        " {params.matching} --out {output:q} 2> {log:q}"
-
-
-rule evaluate_distill:
-    input:
-        unpack(lambda w: NAMED),
-        dataset=dataset_ready(),
-        predictions=DISTILL_PREDICTIONS,
-        pseudo_gt=PSEUDO_GT,
-    output:
-        report(
-            EVALUATE_DIR / "distill.json",
-            caption="../report/evaluate_json.rst",
-            category="Metrics",
-        ),
-    log:
-        LOGS / "evaluate_distill.log",
-    benchmark:
-        BENCHMARKS / "evaluate_distill.tsv"
-    conda:
-        "../envs/maskdistill.yaml"
-    threads: RESOURCES["evaluate"]["threads"]
-    resources:
-        mem_mb=RESOURCES["evaluate"]["mem_mb"],
-        runtime=RESOURCES["evaluate"]["runtime"],
-        gpu=RESOURCES["evaluate"]["gpu"],
-    params:
-        code=code_fingerprint("maskdistill.commands.evaluate"),
-        dataset=dataset_args([DATASET["eval_split"]]),
-        naming=NAMING_FLAGS,
-    shell:
-        "maskdistill evaluate distill --predictions {input.predictions:q}"
-        " --pseudo-gt {input.pseudo_gt:q} {params.dataset} {params.naming}"
-        " --out {output:q} 2> {log:q}"
-
-
-rule evaluate_select:
-    input:
-        unpack(lambda w: NAMED),
-        dataset=dataset_ready(),
-        labels=SELECT_LABELS,
-        stats=SELECT_DIR / "stats.json",
-        pseudo_gt=PSEUDO_GT,
-    output:
-        report(
-            EVALUATE_DIR / "select.json",
-            caption="../report/evaluate_json.rst",
-            category="Metrics",
-        ),
-    log:
-        LOGS / "evaluate_select.log",
-    benchmark:
-        BENCHMARKS / "evaluate_select.tsv"
-    conda:
-        "../envs/maskdistill.yaml"
-    threads: RESOURCES["evaluate"]["threads"]
-    resources:
-        mem_mb=RESOURCES["evaluate"]["mem_mb"],
-        runtime=RESOURCES["evaluate"]["runtime"],
-    params:
-        code=code_fingerprint("maskdistill.commands.evaluate"),
-        # the maps label the learning images: scored there, as pseudo-label quality
-        dataset=dataset_args(),
-        naming=NAMING_FLAGS,
-    shell:
-        "maskdistill evaluate labels --labels {input.labels:q} --pseudo-gt {input.pseudo_gt:q}"
-        " --title 'stage 4: select' --missing skip --select-stats {input.stats:q}"
-        " {params.dataset} {params.naming} --out {output:q} 2> {log:q}"
-
-
-rule evaluate_segment:
-    input:
-        unpack(lambda w: {} if w.net == "probe" else NAMED),
-        dataset=dataset_ready(),
-        labels=lambda w: prediction_dirs(w.net, w.mode, "eval"),
-        pseudo_gt=PSEUDO_GT,
-    output:
-        report(
-            EVALUATE_DIR / "segment-{net}-{mode}.json",
-            caption="../report/evaluate_json.rst",
-            category="Metrics",
-        ),
-    log:
-        LOGS / "evaluate_segment" / "{net}-{mode}.log",
-    benchmark:
-        BENCHMARKS / "evaluate_segment" / "{net}-{mode}.tsv"
+        BENCHMARKS / "evaluate" / "{report}.tsv"
     wildcard_constraints:
-        net=r"round-\d+|probe",
-        mode="labels|crf",
+        report=r"discovery|cluster|distill|select|segment-(round-\d+|probe)-(labels|crf)",
     conda:
         "../envs/maskdistill.yaml"
     threads: RESOURCES["evaluate"]["threads"]
@@ -194,14 +58,9 @@ rule evaluate_segment:
         runtime=RESOURCES["evaluate"]["runtime"],
     params:
         code=code_fingerprint("maskdistill.commands.evaluate"),
-        dataset=dataset_args([DATASET["eval_split"]]),
-        title=lambda w: segment_title(w.net, w.mode),
-        supervised=lambda w: "--supervised" if w.net == "probe" else "",
-        naming=lambda w: "" if w.net == "probe" else NAMING_FLAGS,
+        command=evaluation_command,
     shell:
-        "maskdistill evaluate labels --labels {input.labels:q} --pseudo-gt {input.pseudo_gt:q}"
-        " --title {params.title:q} {params.supervised} {params.dataset} {params.naming}"
-        " --out {output:q} 2> {log:q}"
+        "maskdistill evaluate {params.command} --out {output:q} 2> {log:q}"
 
 
 rule evaluate_table:

@@ -138,8 +138,12 @@ def planned_jobs(workspace: Path, *args: str, env: dict[str, str] | None = None)
 
 
 def rules_of(jobs: Counter) -> Counter:
-    """How many jobs of each rule ``jobs`` holds."""
+    """How many jobs of each rule ``jobs`` holds; a job of rule ``evaluate`` counts as
+    ``evaluate_<stage>`` of its report (``report=segment-round-0-labels``: ``evaluate_segment``),
+    so that the counts say which stages' metrics run."""
     counts: Counter = Counter()
-    for (rule, _), n in jobs.items():
+    for (rule, wildcards), n in jobs.items():
+        if rule == "evaluate":
+            rule = "evaluate_" + wildcards.removeprefix("report=").split("-")[0]
         counts[rule] += n
     return counts
