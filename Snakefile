@@ -26,6 +26,7 @@ include: "rules/select.smk"
 include: "rules/segment.smk"
 include: "rules/evaluate.smk"
 include: "rules/visualize.smk"
+include: "rules/run_view.smk"
 
 
 # cheap steps (tables, pictures: seconds each) run where Snakemake runs, never as cluster jobs
@@ -34,6 +35,7 @@ localrules:
     distill_merge,
     evaluate_ablation,
     evaluate_table,
+    run_view,
     visualize_sheet,
     visualize_plots,
 

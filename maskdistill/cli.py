@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "segment": "segment",
     "evaluate": "evaluate",
     "visualize": "visualize",
+    "cache": "cache",
     "pretrain": "pretrain",
     "gpu-run": "gpu_run",
 }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import re
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
@@ -123,6 +124,14 @@ def cli_flags(settings: Mapping[str, Any]) -> str:
         else:
             args += [flag, str(value)]
     return shlex.join(args)
+
+
+def split_folder(splits: list[str]) -> str:
+    """The folder name of a list of dataset splits: their names joined by ``+``, or, when a name
+    is not a plain file name, a content key of the list (``splits-<key>``)."""
+    if all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) for name in splits):
+        return "+".join(splits)
+    return "splits-" + content_key(splits)
 
 
 def without(settings: Mapping[str, Any], *keys: str) -> dict[str, Any]:

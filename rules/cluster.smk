@@ -1,8 +1,17 @@
 # Stage 2, cluster: K-means over the features of every discovered mask (optionally together with
 # a support set's) -> COCO pseudo ground truth (category_id = 1 + cluster index) + stats.
 CLUSTER = config["cluster"]
-CLUSTER_DIR = RUN / "cluster"
 CLUSTER_SETTINGS = ("k", "overcluster", "kmeans", "seed")
+# content addressed by the discover shards it reads (their keys), shards given by path, and
+# its settings: runs that share them share the pseudo ground truth (and all that follows)
+CLUSTER_KEY = content_key(
+    "cluster",
+    TARGET_KEY,
+    SUPPORT_KEY if SUPPORT is not None else None,
+    CLUSTER["support_shards"],
+    {key: CLUSTER[key] for key in CLUSTER_SETTINGS},
+)
+CLUSTER_DIR = CACHE / "cluster" / CLUSTER_KEY
 PSEUDO_GT = CLUSTER_DIR / "pseudo_gt.json"  # the training set of stage 3
 CLUSTER_OUTPUTS = [PSEUDO_GT, CLUSTER_DIR / "stats.json"]
 

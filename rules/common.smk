@@ -16,13 +16,20 @@
 #     and pass gpu_locks=GPU_LOCKS (workstation pinning; a no-op under SLURM).
 import functools
 import os
+import re
 import sys
 from pathlib import Path
 
 from maskdistill import preflight
 from maskdistill.config import validate_config
 from maskdistill.images import MAX_PIXELS_VARIABLE
-from maskdistill.workflow import cli_flags, code_fingerprint, content_key, without
+from maskdistill.workflow import (
+    cli_flags,
+    code_fingerprint,
+    content_key,
+    split_folder,
+    without,
+)
 
 validate_config(config)  # the schema's checks and defaults (maskdistill/schemas/)
 # every job (a child of this process, or a cluster job that parses this file again) reads it
@@ -209,9 +216,21 @@ def segment_title(net, mode):
     return f"{name}{rounds}{crf}"
 
 
+def images_folder(splits):
+    """The folder name of the images of a VOC dataset's ``splits`` (maskdistill.workflow's
+    split_folder); `all` for the other kinds, whose splits are all their images."""
+    return split_folder(splits) if DATASET["kind"] == "voc" else "all"
+
+
+def net_folder(net):
+    """The folder of a stage-5 network in SEGMENT_DIR: round-<r>, or the probe's keyed one."""
+    return PROBE_FOLDER if net == "probe" else net
+
+
 def prediction_dirs(net, mode, split):
-    """The shard folders of a stage-5 network's predictions (rules/segment.smk)."""
-    folder = SEGMENT_DIR / net / mode / split
+    """The shard folders of a stage-5 network's predictions (rules/segment.smk) of the images
+    of ``split`` (eval, learn or train: SPLITS)."""
+    folder = SEGMENT_DIR / net_folder(net) / mode / images_folder(SPLITS[split])
     return [folder / f"shard-{i}-of-{SEGMENT_SHARDS}" for i in range(SEGMENT_SHARDS)]
 
 
@@ -254,6 +273,7 @@ def final_outputs():
         + final
         + EVALUATE_OUTPUTS
         + PICTURES
+        + [RUN_MANIFEST]
     )
 
 

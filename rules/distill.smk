@@ -4,9 +4,14 @@
 # network is a declared output of training; its rolling checkpoint lives in resume/, which
 # Snakemake never deletes, so a killed job resumes where it stopped when it is rerun.
 DISTILL = config["distill"]
-DISTILL_DIR = RUN / "distill"
 # settings that never change the network: not rule params
 DISTILL_EXECUTION = ("checkpoint_every", "device", "precision")
+# content addressed by the pseudo ground truth's key and every setting that changes the network
+# or its predictions (precision does: it is in the key, not in the training flags)
+DISTILL_KEY = content_key(
+    "distill", CLUSTER_KEY, without(DISTILL, "checkpoint_every", "device")
+)
+DISTILL_DIR = CACHE / "distill" / DISTILL_KEY
 DISTILL_MODEL = DISTILL_DIR / "model.pth"
 DISTILL_TRAIN_METRICS = DISTILL_DIR / "train_metrics.jsonl"
 DISTILL_SHARDS = shard_paths(

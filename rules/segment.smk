@@ -1,16 +1,16 @@
 # Stage 5, segment: DeepLab-v3 trained on label maps, its predictions (and their CRF
 # refinement), CRF rounds and the linear probe. Networks live in SEGMENT_DIR/<net>/ with <net>
 # round-0 (trained on the stage-4 maps), round-<r> (trained on the CRF-refined predictions of
-# round r-1 on the learning images) and probe (the linear probe of the last round). Predictions
-# are folders of label PNGs, one per shard: <net>/<mode>/<split>/shard-<i>-of-<S>/ with mode
-# labels (argmax) or crf, split eval (dataset.eval_split), learn (dataset.learn_splits) or train
-# (segment.train_splits: the images a CRF round's network learns from).
+# round r-1 on the training images) and probe-<key> (the linear probe of the last round).
+# Predictions are folders of label PNGs, one per shard: <net>/<mode>/<splits>/shard-<i>-of-<S>/
+# with mode labels (argmax) or crf, and <splits> the predicted splits' names (images_folder:
+# dataset.eval_split, dataset.learn_splits, or segment.train_splits: the images a CRF round's
+# network learns from).
 # Rolling training checkpoints live in <net>/resume/, never deleted by Snakemake.
 from maskdistill.segment.crf import INSTALL as CRF_INSTALL, crf_available
 
 SEGMENT = config["segment"]
 PROBE = config["probe"]
-SEGMENT_DIR = RUN / "segment"
 ROUNDS = SEGMENT["crf_rounds"]
 LAST_NET = f"round-{ROUNDS}"
 SEGMENT_NETWORK = ("arch", "init", "freeze_layers", "head_channels")
@@ -30,13 +30,42 @@ if USES_CRF and not crf_available():
 # the images stage-5 networks are trained on (VOC: their own splits, e.g. trainaug), predicted
 # by the CRF rounds
 TRAIN_SPLITS = SEGMENT["train_splits"] or DATASET["learn_splits"]
-SPLITS = {
-    "eval": [DATASET["eval_split"]],
-    "learn": DATASET["learn_splits"],
-    "train": TRAIN_SPLITS,
-}
+# the images a network predicts: the evaluation split, the learning images, the training images
+# (a CRF round's labels); each one's folder is named by its splits, so that runs sharing a
+# network but not an evaluation split keep their predictions apart
+SPLITS = {"learn": DATASET["learn_splits"], "train": TRAIN_SPLITS} | (
+    {"eval": [DATASET["eval_split"]]} if DATASET["eval_split"] is not None else {}
+)
+SPLIT_FOLDERS = {images_folder(splits): splits for splits in SPLITS.values()}
 CRF_FLAGS = f"--crf {cli_flags({k: SEGMENT[k] for k in SEGMENT_CRF})}"
 SEGMENT_SHARDS = DISCOVER["num_shards"]
+SEGMENT_TRAINING = {
+    k: SEGMENT[k] for k in SEGMENT_NETWORK + SEGMENT_AUGMENTATION + SEGMENT_SCHEDULE
+}
+# content addressed: the stage-4 maps' key, the training settings and images, and what decides
+# the predictions (precision; the CRF settings when a CRF runs). Every CRF round lives in it
+# (round-<r>/), and the linear probe (probe-<key>/).
+SEGMENT_DIR = (
+    CACHE
+    / "segment"
+    / content_key(
+        "segment",
+        SELECT_DIR.name,
+        SEGMENT_TRAINING,
+        TRAIN_SPLITS,
+        SEGMENT["precision"],
+        {k: SEGMENT[k] for k in SEGMENT_CRF} if USES_CRF else None,
+    )
+)
+# the linear probe of the last round: its own folder in SEGMENT_DIR, keyed by its settings
+PROBE_KEY = content_key(
+    "probe",
+    LAST_NET,
+    {k: SEGMENT[k] for k in SEGMENT_AUGMENTATION},
+    {k: PROBE[k] for k in PROBE_SCHEDULE},
+    PROBE["splits"],
+)
+PROBE_FOLDER = f"probe-{PROBE_KEY}"
 
 
 rule segment_train:
@@ -92,8 +121,8 @@ rule segment_probe:
         model=SEGMENT_DIR / LAST_NET / "model.pth",
         weights=weight_files([SEGMENT["init"]]),
     output:
-        model=SEGMENT_DIR / "probe" / "model.pth",
-        metrics=SEGMENT_DIR / "probe" / "train_metrics.jsonl",
+        model=SEGMENT_DIR / PROBE_FOLDER / "model.pth",
+        metrics=SEGMENT_DIR / PROBE_FOLDER / "train_metrics.jsonl",
     log:
         LOGS / "segment_probe.log",
     benchmark:
@@ -117,7 +146,7 @@ rule segment_probe:
             {k: SEGMENT[k] for k in SEGMENT_AUGMENTATION}
             | {k: PROBE[k] for k in PROBE_SCHEDULE}
         ),
-        resume=SEGMENT_DIR / "probe" / "resume",
+        resume=SEGMENT_DIR / PROBE_FOLDER / "resume",
     shell:
         "maskdistill gpu-run --gpus {resources.gpu} --lock-dir {params.gpu_locks:q}"
         " --distributed -- maskdistill segment probe --model {input.model:q}"
@@ -132,9 +161,7 @@ rule segment_predict:
         dataset=dataset_ready(),
         model=SEGMENT_DIR / "{net}" / "model.pth",
         weights=weight_files([SEGMENT["init"]]),
-        images=lambda w: (
-            shard_images(DATASET, w.shard, w.num_shards) if w.split != "eval" else []
-        ),
+        images=lambda w: shard_images(DATASET, w.shard, w.num_shards),
     output:
         directory(
             SEGMENT_DIR
@@ -152,9 +179,9 @@ rule segment_predict:
         / "segment_predict"
         / "{net}-{mode}-{split}-{shard}-of-{num_shards}.tsv"
     wildcard_constraints:
-        net=r"round-\d+|probe",
+        net=r"round-\d+|probe-[0-9a-f]{12}",
         mode="labels|crf",
-        split="eval|learn|train",
+        split="|".join(map(re.escape, SPLIT_FOLDERS)),
         shard=r"\d+",
         num_shards=r"\d+",
     conda:
@@ -172,7 +199,7 @@ rule segment_predict:
     params:
         code=code_fingerprint("maskdistill.commands.segment"),
         gpu_locks=GPU_LOCKS,
-        dataset=lambda w: dataset_args(SPLITS[w.split]),
+        dataset=lambda w: dataset_args(SPLIT_FOLDERS[w.split]),
         crf=lambda w: CRF_FLAGS if w.mode == "crf" else "",
         precision=SEGMENT["precision"],
     shell:

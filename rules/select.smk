@@ -1,7 +1,7 @@
 # Stage 4, select: the confident Mask R-CNN predictions of every learning image painted into one
 # palette PNG label map per image (the training labels of stage 5), and what was kept.
 SELECT = config["select"]
-SELECT_DIR = RUN / "select"
+SELECT_DIR = CACHE / "select" / content_key("select", DISTILL_KEY, SELECT)
 SELECT_LABELS = SELECT_DIR / "labels"  # <file name stem>.png per image
 
 

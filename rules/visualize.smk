@@ -18,7 +18,7 @@ PLOTS = {"cluster_sizes": "cluster", "scores": "distill", "training": "training"
 # the training metrics logs of the training-curves plot (name -> log), and the outputs that
 # guarantee them (pretrain's log lies in its resume/ folder, not an output)
 TRAINING_LOGS = {"distill": DISTILL_TRAIN_METRICS} | {
-    f"segment {net}": SEGMENT_DIR / net / "train_metrics.jsonl"
+    f"segment {net}": SEGMENT_DIR / net_folder(net) / "train_metrics.jsonl"
     for net in [f"round-{r}" for r in range(ROUNDS + 1)]
     + (["probe"] if PROBE["enabled"] else [])
 }

@@ -47,6 +47,7 @@ def after_cluster(num_shards: int = 2, evaluated: bool = True) -> Counter:
     """
     jobs = Counter({"distill_train": 1, "distill_predict": num_shards, "distill_merge": 1})
     jobs += Counter({"select": 1, "segment_train": 1, "segment_predict": num_shards})
+    jobs += Counter({"run_view": 1})  # the run folder's links to the stages' cache folders
     # the contact sheets of stages 2-5 and the overview, and the plots
     jobs += Counter({"visualize_sheet": 5, "visualize_plots": 1})
     if evaluated:
@@ -304,6 +305,24 @@ def test_editing_the_training_loop_changes_the_code_of_training_jobs_only(demo):
     assert status["distill_predict"] == status["segment_predict"] == {"ok"}
 
 
+def test_a_run_differing_only_in_its_name_shares_every_stage(demo):
+    """Only the run's own jobs are planned: its metrics, pictures and its view of the cache."""
+    jobs = rules_of(planned_jobs(demo, *variant(demo, "renamed", run_name="renamed")))
+    assert jobs == Counter(
+        {rule: n for rule, n in AFTER_DISCOVER.items() if rule.startswith("evaluate")}
+        | {"visualize_sheet": len(SHEETS), "visualize_plots": 1, "run_view": 1}
+    )
+
+
+def test_a_run_with_another_tau_reuses_stages_1_to_3(demo):
+    """select.tau in a new run: selection and stage 5 again, no Mask R-CNN training."""
+    jobs = rules_of(planned_jobs(demo, *variant(demo, "tau", run_name="tau", select={"tau": 0.5})))
+    stage3 = {"distill_train", "distill_predict", "distill_merge", "evaluate_distill"}
+    expected = {rule: n for rule, n in AFTER_CLUSTER.items() if rule not in stage3}
+    assert jobs == Counter(expected | {"evaluate_discovery": 1, "evaluate_cluster": 1,
+                                       "evaluate_distill": 1, "visualize_sheet": 6})  # fmt: skip
+
+
 def test_a_second_experiment_reuses_the_discover_shards(demo):
     args = variant(demo, "exp2", run_name="exp2", cluster={"k": 3})
     result = snakemake(demo, "--dry-run", "--cores", "1", *args)
@@ -315,14 +334,21 @@ def test_a_second_experiment_reuses_the_discover_shards(demo):
     )
     assert len(first_shards) == 2
     assert shards_of(result.stdout) == first_shards
-    assert "results/exp2/cluster/pseudo_gt.json" in result.stdout
+    # a new pseudo ground truth in the cache (another key), read by the new run's stages
+    first = (demo / "results/tiny/cluster").resolve().name
+    pattern = r"results/cache/cluster/([0-9a-f]{12})/pseudo_gt.json"
+    clusters = set(re.findall(pattern, result.stdout))
+    assert len(clusters) == 1 and first not in clusters
 
 
 def test_the_same_config_seed_and_threads_give_the_same_numbers(demo):
-    """Stages 2-5 run again as another run (discover's shards are shared): every metric, the
+    """Every stage runs again in another results folder (a cache of its own): every metric, the
     trained networks and every prediction are identical (one thread per job, as tiny.yaml)."""
-    snakemake(demo, "--cores", "2", *variant(demo, "again", run_name="again"))
-    first, again = demo / "results" / "tiny", demo / "results" / "again"
+    dataset = {**tiny_config()["dataset"], "root": "elsewhere/demo_data"}
+    args = variant(demo, "again", run_name="again", results_dir="elsewhere", dataset=dataset)
+    snakemake(demo, "--cores", "2", *args)
+    first, again = demo / "results" / "tiny", demo / "elsewhere" / "again"
+    assert (again / "distill").resolve().is_relative_to(demo / "elsewhere" / "cache")
     for report in sorted((first / "evaluate").glob("*.json")):
         ours, theirs = (
             json.loads(p.read_text()) for p in (report, again / "evaluate" / report.name)
@@ -345,16 +371,21 @@ def test_crf_rounds_and_the_probe_plan_every_network_and_its_scores(demo):
     args = variant(
         demo,
         "crf",
-        run_name="crf",  # a new run: every job of stages 2-5 is planned
+        run_name="crf",  # a new run: stages 2-4 are shared, stage 5 is new
         segment={"crf": True, "crf_rounds": 1},
         probe={"enabled": True, "splits": ["train"], "epochs": 1, "batch_size": 2, "lr_epochs": []},
     )
     jobs = planned_jobs(demo, *args)
-    predictions = Counter(w.rsplit(", shard=", 1)[0] for r, w in jobs if r == "segment_predict")
+    # the probe's folder is keyed by its settings; a split folder is named by its splits
+    predictions = Counter(
+        re.sub(r"probe-[0-9a-f]{12}", "probe", w.rsplit(", shard=", 1)[0])
+        for r, w in jobs
+        if r == "segment_predict"
+    )
     assert predictions == Counter(
         {
-            "net=round-0, mode=crf, split=train": 2,  # the labels of round 1
-            **{f"net={net}, mode={mode}, split=eval": 2
+            "net=round-0, mode=crf, split=train+val": 2,  # the labels of round 1
+            **{f"net={net}, mode={mode}, split=val": 2
                for net in ("round-0", "round-1", "probe") for mode in ("labels", "crf")},
         }
     )  # fmt: skip
@@ -422,7 +453,8 @@ def test_the_detectron2_backend_runs_the_demo_to_the_metrics_table(demo):
                "box_head_dim": 64, "mask_head_convs": 1, "warmup_iterations": 1, "lr": 0.001,
                "max_size": 96}  # fmt: skip
     args = variant(demo, "d2", run_name="d2", distill=distill)
-    snakemake(demo, "--cores", "2", "results/d2/evaluate/metrics.md", *args)
+    targets = ["results/d2/evaluate/metrics.md", "results/d2/stages.json"]
+    snakemake(demo, "--cores", "2", *targets, *args)
     table = (demo / "results/d2/evaluate/metrics.md").read_text()
     assert "| stage 3: distill | mask AP50 (multi) |" in table
     assert "| stage 3: distill | mIoU |" in table
@@ -505,7 +537,7 @@ def test_adding_images_reruns_only_the_shards_they_land_in(folder):
     # discover: only the new image's shard; stages 3-5 learn again from the new pseudo ground
     # truth, and stage 5 predicts the folder again (its final segmentation)
     shards = [f"shard={i}, num_shards={NUM_SHARDS}" for i in range(NUM_SHARDS)]
-    final = [f"net=round-0, mode=labels, split=learn, {shard}" for shard in shards]
+    final = [f"net=round-0, mode=labels, split=all, {shard}" for shard in shards]
     assert jobs == Counter(
         {
             ("discover", f"shard=1, num_shards={NUM_SHARDS}"): 1,
@@ -518,6 +550,7 @@ def test_adding_images_reruns_only_the_shards_they_land_in(folder):
             **{("segment_predict", wildcards): 1 for wildcards in final},
             **{("visualize_sheet", f"stage={stage}"): 1 for stage in SHEETS},
             ("visualize_plots", ""): 1,
+            ("run_view", ""): 1,
         }
     )
     # the shards of the new image (discover, stage-3 and stage-5 predictions) list it as input

@@ -1,0 +1,92 @@
+"""A run's view of the content-addressed cache (links and manifest), and cleaning the cache."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from maskdistill import cli
+from maskdistill.run_view import MANIFEST, unused_entries, used_folders, write_run_view
+
+
+def _entry(results: Path, stage: str, key: str, size: int) -> Path:
+    """A cache folder holding one file of ``size`` bytes."""
+    folder = results / "cache" / stage / key
+    folder.mkdir(parents=True)
+    (folder / "data.bin").write_bytes(b"x" * size)
+    return folder
+
+
+def test_a_run_folder_links_each_stage_and_names_it_in_its_manifest(tmp_path):
+    distill = _entry(tmp_path, "distill", "a" * 12, 10)
+    select = _entry(tmp_path, "select", "b" * 12, 5)
+    kept = write_run_view(tmp_path / "demo", {"distill": distill, "select": select})
+    assert kept == []
+    link = tmp_path / "demo" / "distill"
+    assert link.is_symlink() and os.readlink(link) == "../cache/distill/" + "a" * 12
+    assert (link / "data.bin").read_bytes() == b"x" * 10
+    manifest = json.loads((tmp_path / "demo" / MANIFEST).read_text())
+    assert manifest == {"stages": {"distill": str(distill), "select": str(select)}}
+    # a rerun with another key moves the link
+    other = _entry(tmp_path, "distill", "c" * 12, 1)
+    write_run_view(tmp_path / "demo", {"distill": other, "select": select})
+    assert (tmp_path / "demo" / "distill").resolve() == other.resolve()
+
+
+def test_a_real_folder_of_an_older_layout_is_kept(tmp_path):
+    old = tmp_path / "demo" / "distill"
+    old.mkdir(parents=True)
+    (old / "model.pth").write_bytes(b"old")
+    distill = _entry(tmp_path, "distill", "a" * 12, 1)
+    assert write_run_view(tmp_path / "demo", {"distill": distill}) == ["distill"]
+    assert (old / "model.pth").read_bytes() == b"old" and not old.is_symlink()
+    assert used_folders(tmp_path) == {distill.resolve()}
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "", MANIFEST])
+def test_a_stage_name_must_be_a_plain_file_name(tmp_path, name):
+    with pytest.raises(ValueError, match="plain file name"):
+        write_run_view(tmp_path / "demo", {name: tmp_path})
+
+
+def test_clean_lists_and_removes_only_what_no_run_uses(tmp_path, capsys):
+    shared = _entry(tmp_path, "cluster", "a" * 12, 100)
+    only_b = _entry(tmp_path, "distill", "b" * 12, 2048)
+    orphan = _entry(tmp_path, "distill", "c" * 12, 3 * 2**20)
+    stale = _entry(tmp_path, "select", "d" * 12, 7)
+    write_run_view(tmp_path / "run-a", {"cluster": shared})
+    write_run_view(tmp_path / "run-b", {"cluster": shared, "distill": only_b})
+    entries = unused_entries(tmp_path)
+    assert [(e.path, e.size) for e in entries] == [(orphan, 3 * 2**20), (stale, 7)]
+    cli.main(["cache", "clean", "--results", str(tmp_path)])  # lists, removes nothing
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[-1] for line in listed] == [str(orphan), str(stale)]
+    assert listed[0].split()[0] == "3.0"  # MiB
+    assert orphan.is_dir() and stale.is_dir()
+    cli.main(["cache", "clean", "--results", str(tmp_path), "--remove"])
+    assert not orphan.exists() and not stale.exists()
+    assert shared.is_dir() and only_b.is_dir()
+    assert unused_entries(tmp_path) == []
+
+
+def test_a_broken_manifest_stops_clean_naming_the_file(tmp_path):
+    _entry(tmp_path, "distill", "a" * 12, 1)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / MANIFEST).write_text("{not json")
+    with pytest.raises(SystemExit):
+        cli.main(["cache", "clean", "--results", str(tmp_path), "--remove"])
+    with pytest.raises(ValueError, match=f"run/{MANIFEST}: not a run manifest"):
+        unused_entries(tmp_path)
+    assert (tmp_path / "cache" / "distill" / ("a" * 12)).is_dir()
+
+
+def test_the_view_command_links_name_folder_pairs(tmp_path):
+    distill = _entry(tmp_path, "distill", "a" * 12, 1)
+    cli.main(["cache", "view", "--run-dir", str(tmp_path / "demo"),
+              "--stage", f"distill={distill}"])  # fmt: skip
+    assert (tmp_path / "demo" / "distill").resolve() == distill.resolve()
+    with pytest.raises(SystemExit):
+        cli.main(["cache", "view", "--run-dir", str(tmp_path / "demo"), "--stage", "distill"])
