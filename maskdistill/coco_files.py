@@ -41,6 +41,23 @@ def index_annotations(coco: Mapping[str, Any], source: str) -> tuple[dict[str, l
         raise ValueError(f"{source}: not a COCO instances JSON ({error!r} missing)") from error
 
 
+def annotations_as_predictions(coco: Mapping[str, Any], source: str) -> list[dict[str, Any]]:
+    """The annotations of a COCO instances JSON as a results list: each one a prediction of
+    score 1 of its category and mask, with its image's ``file_name`` (stage 5 trained on the
+    stage-2 pseudo masks goes through stage 4 this way)."""
+    by_name, _ = index_annotations(coco, source)
+    return [
+        {
+            "file_name": name,
+            "category_id": ann["category_id"],
+            "segmentation": ann["segmentation"],
+            "score": 1.0,
+        }
+        for name, annotations in by_name.items()
+        for ann in annotations
+    ]
+
+
 def one_per_image(annotations: Mapping[str, list[dict]], source: str) -> dict[str, dict]:
     """file name -> the image's single annotation (images without one are left out).
 

@@ -332,8 +332,9 @@ def test_the_schema_sections_match_the_settings_classes():
 
     from maskdistill.commands.segment import AUGMENTATION, CRF, NETWORK, SCHEDULE
 
-    # not settings of one network: which images, CRF use, execution
-    execution = {"train_splits", "crf", "crf_rounds", "precision", "checkpoint_every", "device"}
+    # not settings of one network: which images and labels, CRF use, execution
+    execution = {"train_splits", "labels", "crf", "crf_rounds", "precision", "checkpoint_every"}
+    execution |= {"device"}
     assert set(defaults("segment")) == set(NETWORK + AUGMENTATION + SCHEDULE + CRF) | execution
     assert set(defaults("probe")) - {"enabled", "splits"} == {f.name for f in fields(EpochSchedule)}
 

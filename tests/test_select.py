@@ -140,3 +140,33 @@ def test_the_command_writes_one_palette_png_per_image_and_the_stats(tmp_path):
     assert (stats["num_labelled"], stats["num_confident"]) == (2, 1)
     assert stats["kept_per_image"] == {"0": 1, "1": 1, "2": 1}
     assert (stats["num_kept"], stats["num_painted"]) == (3, 2)
+
+
+def test_from_annotations_paints_each_images_pseudo_mask_with_its_cluster(tmp_path):
+    """segment.labels pseudo_gt: the stage-2 masks through stage 4, as predictions of score 1."""
+    a, b = _box(slice(0, 3), slice(1, 5)), _box(slice(2, 6), slice(0, 2))
+    coco = {
+        "images": [
+            {"id": 7, "file_name": "a.jpg", "height": 6, "width": 6},
+            {"id": 8, "file_name": "b.jpg", "height": 6, "width": 6},
+            {"id": 9, "file_name": "empty.jpg", "height": 6, "width": 6},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 3, "segmentation": encode_rle(a)},
+            {"id": 2, "image_id": 8, "category_id": 1, "segmentation": encode_rle(b)},
+        ],
+        "categories": [{"id": k} for k in range(1, 5)],
+    }
+    (tmp_path / "pgt.json").write_text(json.dumps(coco))
+    pgt = str(tmp_path / "pgt.json")
+    cli.main(["select", "--predictions", pgt, "--from-annotations", "--pseudo-gt", pgt,
+              "--tau", "0.9", "--out", str(tmp_path / "labels"),
+              "--stats", str(tmp_path / "stats.json")])  # fmt: skip
+    np.testing.assert_array_equal(read_label_png(tmp_path / "labels" / "a.png"), 3 * a)
+    np.testing.assert_array_equal(read_label_png(tmp_path / "labels" / "b.png"), 1 * b)
+    assert not (tmp_path / "labels" / "empty.png").exists()
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["num_fell_back"] == 0 and stats["num_without_predictions"] == 1
+    with pytest.raises(SystemExit):  # without the flag, a COCO dict is not a results list
+        other = ["--out", str(tmp_path / "other"), "--stats", str(tmp_path / "s.json")]
+        cli.main(["select", "--predictions", pgt, "--pseudo-gt", pgt, *other])

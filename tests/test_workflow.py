@@ -323,6 +323,21 @@ def test_a_run_with_another_tau_reuses_stages_1_to_3(demo):
                                        "evaluate_distill": 1, "visualize_sheet": 6})  # fmt: skip
 
 
+def test_stage_5_on_the_pseudo_masks_paints_them_through_select(demo):
+    """segment.labels pseudo_gt (Table 1's first row): select paints the stage-2 masks, stage 5
+    learns from them; stages 1-3 are shared."""
+    args = variant(demo, "pgt", run_name="pgt", segment={"labels": "pseudo_gt"})
+    result = snakemake(demo, "--dry-run", "-p", "--cores", "1", *args)
+    jobs = parse_jobs(result.stdout)
+    del jobs[("all", "")]
+    stage3 = {"distill_train", "distill_predict", "distill_merge", "evaluate_distill"}
+    expected = {rule: n for rule, n in AFTER_CLUSTER.items() if rule not in stage3}
+    run_only = {"evaluate_discovery": 1, "evaluate_cluster": 1, "evaluate_distill": 1}
+    assert rules_of(jobs) == Counter(expected | run_only | {"visualize_sheet": 6})
+    command = _command_flags(result.stdout, "select")
+    assert "--from-annotations" in command and "cluster/" in command.split("--predictions")[1]
+
+
 def test_a_second_experiment_reuses_the_discover_shards(demo):
     args = variant(demo, "exp2", run_name="exp2", cluster={"k": 3})
     result = snakemake(demo, "--dry-run", "--cores", "1", *args)

@@ -16,7 +16,7 @@ import argparse
 import logging
 from collections import Counter
 
-from maskdistill.coco_files import by_image, index_annotations
+from maskdistill.coco_files import annotations_as_predictions, by_image, index_annotations
 from maskdistill.commands.settings_args import add_settings_arguments
 from maskdistill.io import atomic_path, read_json, write_json
 from maskdistill.masks import IGNORE, decode_rle, label_png_path, write_label_png
@@ -31,6 +31,12 @@ SETTINGS = ("tau", "overlap")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--predictions", required=True, help="stage-3 predictions (JSON list)")
+    parser.add_argument(
+        "--from-annotations",
+        action="store_true",
+        help="--predictions is a COCO instances JSON (the stage-2 pseudo ground truth): each "
+        "annotation is a prediction of score 1 (stage 5 then learns from the stage-2 masks)",
+    )
     parser.add_argument("--pseudo-gt", required=True, help="stage-2 COCO JSON: the images")
     add_settings_arguments(parser, "select", SETTINGS, "selection (docs/method.md, stage 4)")
     parser.add_argument("--out", required=True, help="folder of label PNGs to create")
@@ -46,7 +52,9 @@ def run(args: argparse.Namespace) -> None:
             f"{IGNORE - 1} (lower cluster.k x cluster.overcluster)"
         )
     predictions = read_json(args.predictions)
-    if not isinstance(predictions, list):
+    if args.from_annotations:
+        predictions = annotations_as_predictions(predictions, args.predictions)
+    elif not isinstance(predictions, list):
         raise ValueError(f"{args.predictions}: not a COCO results list")
     grouped = by_image(predictions)
     names = [check_name(image["file_name"], args.pseudo_gt) for image in index["images"]]
