@@ -100,7 +100,7 @@ def test_demo_workflow_runs_every_job_as_a_slurm_job(slurm_cluster, tmp_path):
     run = snakemake(workspace, *profile_args, env=SLURM_ENV, slurm=True)
     local = parse_jobs(run.stdout + run.stderr, local=True)
     # the Snakefile's localrules
-    localrules = {"all", "distill_merge", "evaluate_table", "evaluate_ablation"}
+    localrules = {"all", "distill_merge", "evaluate_table", "evaluate_ablation", "run_view"}
     sheets = {("visualize_sheet", f"stage={stage}") for stage in SHEETS}
     assert set(local) == {(rule, "") for rule in localrules | {"visualize_plots"}} | sheets
 
@@ -119,9 +119,9 @@ def test_demo_workflow_runs_every_job_as_a_slurm_job(slurm_cluster, tmp_path):
     rows = [line.split("\t") for line in summary.splitlines()[1:] if "\t" in line]
     # demo data, 2 shards, pseudo GT and stats, model, training metrics, 2 prediction shards and
     # their merge, stage-4 maps and stats, stage-5 model, metrics and 2 prediction folders,
-    # 5 metrics JSONs, the table and the ablation table (Markdown and JSON), 6 contact sheets
-    # and 6 plots
-    assert len(rows) == 36 and all(row[4:6] == ["ok", "no update"] for row in rows), summary
+    # 5 metrics JSONs, the table and the ablation table (Markdown and JSON), 6 contact sheets,
+    # 6 plots and the run's manifest of its cache folders
+    assert len(rows) == 37 and all(row[4:6] == ["ok", "no update"] for row in rows), summary
 
     second = snakemake(workspace, *profile_args, env=SLURM_ENV, slurm=True)
     assert "Nothing to be done" in second.stdout + second.stderr
