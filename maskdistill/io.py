@@ -1,15 +1,18 @@
-"""File helpers shared by the command-line front ends: atomic writes and JSON."""
+"""File helpers shared by the command-line front ends: atomic writes, JSON, RGB pictures."""
 
 from __future__ import annotations
 
 import contextlib
 import glob
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -73,3 +76,12 @@ def read_json_lines(path: str | os.PathLike) -> list[Any]:
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{number}: not a JSON line ({error})") from error
     return records
+
+
+def write_png(path: str | os.PathLike, rgb: Any) -> None:
+    """Write an (H, W, 3) uint8 array (a picture or a chart) as PNG, atomically."""
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(rgb).save(tmp, format="PNG")
+    log.info("wrote %s (%d x %d)", path, rgb.shape[1], rgb.shape[0])

@@ -284,6 +284,18 @@ def ablation_rows(
     return rows
 
 
+def comparison_markdown(setting: str, runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+    """One row per run (``{value of the setting: its ablation rows}``, in order), one column per
+    stage title with an mIoU (in the order first seen), values in percent."""
+    titles = list(dict.fromkeys(row["title"] for rows in runs.values() for row in rows))
+    body = []
+    for value, rows in runs.items():
+        miou = {row["title"]: row["miou"] for row in rows}
+        body.append([value, *(_percent(miou.get(title)) for title in titles)])
+    header = [setting, *(f"{title} mIoU %" for title in titles)]
+    return "## mIoU of every stage per run\n\n" + markdown_table(header, body)
+
+
 def ablation_markdown(rows: Sequence[Mapping[str, Any]], paper_name: str | None) -> str:
     """The ablation table (and its per-class IoU) as Markdown, values in percent."""
     header = ["row", "split", "images", "label matching", "mIoU %"] + (

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from maskdistill import cli
 from maskdistill.metrics import (
     box_class,
     box_iou,
@@ -180,3 +183,32 @@ def test_markdown_tables_show_percentages_and_class_names():
     assert "| class | cluster IoU % |" in text
     assert "| background | 50.0 |" in text
     assert "| cat | n/a |" in text
+
+
+def _ablation(folder, rows: list[tuple[str, float | None]]) -> str:
+    """A run folder whose evaluate/ablation.json holds ``rows`` (title, mIoU fraction)."""
+    path = folder / "evaluate" / "ablation.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"rows": [{"title": t, "miou": m} for t, m in rows]}))
+    return str(folder)
+
+
+def test_compare_puts_runs_side_by_side_and_plots_each_stage_against_the_setting(tmp_path):
+    low = _ablation(tmp_path / "tau05", [("stage 2: cluster", 0.296), ("stage 5: segment", 0.35)])
+    high = _ablation(tmp_path / "tau09", [("stage 2: cluster", 0.296), ("stage 5: segment", 0.4),
+                                          ("linear probe", 0.5)])  # fmt: skip
+    out = tmp_path / "sweep"
+    cli.main(["evaluate", "compare", "--setting", "select.tau", "--run", f"0.5={low}",
+              f"0.9={high}", "--out-dir", str(out)])  # fmt: skip
+    table = (out / "compare.md").read_text()
+    columns = ["stage 2: cluster", "stage 5: segment", "linear probe"]
+    assert "| select.tau | " + " | ".join(f"{c} mIoU %" for c in columns) + " |" in table
+    assert "| 0.5 | 29.6 | 35.0 | n/a |" in table and "| 0.9 | 29.6 | 40.0 | 50.0 |" in table
+    first = np.asarray(Image.open(out / "compare.png"))
+    assert first.ndim == 3 and first.shape[2] == 3
+    cli.main(["evaluate", "compare", "--setting", "select.tau", "--run", f"0.5={low}",
+              f"0.9={low}", "--out-dir", str(tmp_path / "other")])  # fmt: skip
+    assert not np.array_equal(first, np.asarray(Image.open(tmp_path / "other" / "compare.png")))
+    with pytest.raises(SystemExit):  # a folder without an ablation table, named
+        cli.main(["evaluate", "compare", "--setting", "k", "--run", f"4={tmp_path}",
+                  "--out-dir", str(tmp_path / "x")])  # fmt: skip

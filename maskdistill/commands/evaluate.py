@@ -40,7 +40,7 @@ from maskdistill.commands.dataset_args import (
 )
 from maskdistill.data import Dataset, ImageRecord
 from maskdistill.discover.shard_file import full_resolution_mask, read_columns, read_shard
-from maskdistill.io import atomic_path, read_json, write_json
+from maskdistill.io import atomic_path, read_json, write_json, write_png
 from maskdistill.masks import (
     find_label_png,
     label_png_path,
@@ -52,10 +52,12 @@ from maskdistill.metrics import (
     ablation_markdown,
     ablation_rows,
     cluster_scores,
+    comparison_markdown,
     metrics_markdown,
     semantic_scores,
 )
 from maskdistill.paper import PAPERS
+from maskdistill.pictures.charts import setting_curves
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +134,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ablation.add_argument("--out", required=True, help="Markdown file to write")
     ablation.add_argument("--json", required=True, help="JSON file to write")
     ablation.set_defaults(_run=write_ablation)
+    compare = sub.add_parser("compare", help="runs that differ in one setting, side by side")
+    compare.add_argument("--setting", required=True, help="the setting the runs differ in")
+    compare.add_argument(
+        "--run",
+        nargs="+",
+        required=True,
+        metavar="VALUE=RUN_DIR",
+        help="each run's value of the setting and its folder (results/<run_name>), in order",
+    )
+    compare.add_argument("--out-dir", required=True, help="folder for compare.md and .png")
+    compare.set_defaults(_run=write_comparison)
 
 
 def _eval_dataset(args: argparse.Namespace) -> tuple[Dataset, list[ImageRecord]]:
@@ -370,6 +383,31 @@ def write_ablation(args: argparse.Namespace) -> None:
         Path(tmp).write_text(title + ablation_markdown(rows, args.paper))
     write_json(args.json, {"paper": args.paper, "rows": rows, "reports": list(args.reports)})
     log.info("wrote %s and %s (%d rows)", args.out, args.json, len(rows))
+
+
+def write_comparison(args: argparse.Namespace) -> None:
+    """compare.md (every run's stage mIoUs) and compare.png (each stage's mIoU against the
+    setting) from the runs' ``evaluate/ablation.json``."""
+    runs = {}
+    for pair in args.run:
+        value, sep, folder = pair.partition("=")
+        if not sep or not value or not folder:
+            raise ValueError(f"--run {pair!r}: expected VALUE=RUN_DIR")
+        path = Path(folder) / "evaluate" / "ablation.json"
+        table = read_json(path)
+        if not isinstance(table, dict) or not isinstance(table.get("rows"), list):
+            raise ValueError(f"{path}: not an ablation JSON (no rows)")
+        runs[value] = table["rows"]
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = f"# maskdistill: runs by {args.setting}\n\n" + comparison_markdown(args.setting, runs)
+    with atomic_path(out / "compare.md") as tmp:
+        Path(tmp).write_text(text)
+    mious = [{row["title"]: row["miou"] for row in rows} for rows in runs.values()]
+    titles = dict.fromkeys(title for miou in mious for title in miou)
+    series = {title: [miou.get(title) for miou in mious] for title in titles}
+    write_png(out / "compare.png", setting_curves(args.setting, list(runs), series))
+    log.info("wrote %s and %s (%d runs)", out / "compare.md", out / "compare.png", len(runs))
 
 
 def write_table(args: argparse.Namespace) -> None:

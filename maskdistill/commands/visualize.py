@@ -14,7 +14,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from maskdistill import coco_files
 from maskdistill.commands.dataset_args import add_dataset_arguments, open_dataset_from_args
@@ -22,7 +21,7 @@ from maskdistill.commands.settings_args import add_settings_arguments
 from maskdistill.data import Dataset, ImageRecord
 from maskdistill.discover.shard_file import full_resolution_mask, read_shard
 from maskdistill.images import load_image
-from maskdistill.io import atomic_path, read_json, read_json_lines
+from maskdistill.io import read_json, read_json_lines, write_png
 from maskdistill.masks import find_label_png, label_png_path, read_label_png
 from maskdistill.metrics import ablation_rows
 from maskdistill.paper import PAPERS
@@ -60,13 +59,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     figures.add_argument("--cluster-metrics", default=None, help="stage-2 metrics: confusion")
     figures.add_argument("--out-dir", required=True, help="folder of the PNGs")
     figures.set_defaults(_run=write_plots)
-
-
-def write_png(path: str | Path, rgb: np.ndarray) -> None:
-    """Write an (H, W, 3) uint8 array as PNG, atomically."""
-    with atomic_path(path) as tmp:
-        Image.fromarray(rgb).save(tmp, format="PNG")
-    log.info("wrote %s (%d x %d)", path, rgb.shape[1], rgb.shape[0])
 
 
 # ---------------------------------------------------------------- contact sheets

@@ -102,6 +102,27 @@ def score_histogram(scores: Sequence[float], tau: float) -> np.ndarray:
     return _rendered(figure)
 
 
+def setting_curves(
+    setting: str, values: Sequence[str], series: Mapping[str, Sequence[float | None]]
+) -> np.ndarray:
+    """mIoU (fractions, plotted in percent) of each stage (``series``: title -> one value per
+    run) against the runs' values of ``setting``: numbers on a numeric axis, else in order."""
+    figure, axes = plt.subplots(figsize=(5.5, 3.4), dpi=DPI)
+    try:
+        x = [float(v) for v in values]
+    except ValueError:
+        x = list(range(len(values)))
+        axes.set_xticks(x, list(values), fontsize=8)
+    for title, points in series.items():
+        shown = [(xi, 100 * p) for xi, p in zip(x, points, strict=True) if p is not None]
+        if shown:
+            axes.plot(*zip(*shown, strict=True), marker="o", linewidth=1, label=title)
+    axes.set_xlabel(setting)
+    axes.set_ylabel("mIoU %")
+    axes.legend(fontsize=7)
+    return _rendered(figure)
+
+
 def training_curves(logs: Mapping[str, Sequence[Mapping[str, Any]]]) -> np.ndarray:
     """The ``loss`` (and learning rate) of each metrics log (``{name: records}``) per step."""
     figure, axes = plt.subplots(1, max(len(logs), 1), figsize=(4 * max(len(logs), 1), 3), dpi=DPI)
