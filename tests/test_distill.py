@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_file_checks import copy_alone, undescribed_copy
 from PIL import Image
 from prediction_checks import check_predictions
 
@@ -339,7 +340,7 @@ def test_a_model_file_alone_predicts_as_with_its_init_weights(scenes, tmp_path, 
     """Trained from a ViT weight file, the model file copied alone into an empty folder with the
     weight file gone predicts the same detections (it rebuilds from its own description)."""
     from maskdistill.models import vit
-    from maskdistill.models.model_file import load_weights, save_state
+    from maskdistill.models.model_file import load_weights
 
     root, _ = scenes
     init = tmp_path / "init" / "vit.pth"
@@ -354,18 +355,12 @@ def test_a_model_file_alone_predicts_as_with_its_init_weights(scenes, tmp_path, 
               "--metrics", str(tmp_path / "m.jsonl")])  # fmt: skip
     predict = ["distill", "predict", *command]
     cli.main([*predict, "--model", str(tmp_path / "model.pth"), "--out", str(tmp_path / "p.json")])
-    alone = tmp_path / "elsewhere"
-    alone.mkdir()
-    (alone / "model.pth").write_bytes((tmp_path / "model.pth").read_bytes())
-    init.unlink()
-    monkeypatch.chdir(alone)
+    alone = copy_alone(tmp_path / "model.pth", init, monkeypatch)
     cli.main([*predict, "--model", "model.pth", "--out", "p.json"])
     ours = json.loads((tmp_path / "p.json").read_text())
     assert ours and json.loads((alone / "p.json").read_text()) == ours
-    payload = load_weights(alone / "model.pth")
-    assert payload["settings"]["backbone"]["vit"]["embed_dim"] == 192
-    del payload["settings"]["backbone"]  # a file from before model files described themselves
-    save_state(alone / "old.pth", payload["model"], payload["settings"], {})
+    assert load_weights(alone / "model.pth")["settings"]["backbone"]["vit"]["embed_dim"] == 192
+    undescribed_copy(alone / "model.pth")
     with pytest.raises(SystemExit):
         cli.main([*predict, "--model", "old.pth", "--out", "old.json"])
     assert not (alone / "old.json").exists()

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_file_checks import copy_alone, undescribed_copy
 from PIL import Image
 
 from maskdistill import cli
@@ -427,7 +428,6 @@ def test_a_model_file_alone_segments_new_photos_as_the_pipeline_does(tmp_path, m
     file gone: the same labels as the pipeline's prediction, and without a description a clear
     error naming the file."""
     from maskdistill.models import vit
-    from maskdistill.models.model_file import load_weights, save_state
 
     backbone = vit.load_backbone("random:patch=8,width=192,depth=1,img=32,seed=0")  # 3 heads
     init = tmp_path / "init" / "vit.pth"
@@ -455,19 +455,13 @@ def test_a_model_file_alone_segments_new_photos_as_the_pipeline_does(tmp_path, m
     photos = data / "JPEGImages"
     predict = ["segment", "predict", "--images", str(photos), *run]
     cli.main([*predict, "--model", str(tmp_path / "model.pth"), "--out", str(tmp_path / "ours")])
-    alone = tmp_path / "elsewhere"
-    alone.mkdir()
-    (alone / "model.pth").write_bytes((tmp_path / "model.pth").read_bytes())
-    init.unlink()
-    monkeypatch.chdir(alone)
+    alone = copy_alone(tmp_path / "model.pth", init, monkeypatch)
     cli.main([*predict, "--model", "model.pth", "--out", "labels"])
     ours = sorted((tmp_path / "ours").iterdir())
     assert [p.name for p in ours] == sorted(p.name for p in (alone / "labels").iterdir())
     for png in ours:
         assert np.array_equal(read_label_png(png), read_label_png(alone / "labels" / png.name))
-    payload = load_weights(alone / "model.pth")
-    del payload["settings"]["backbone"]  # a file from before model files described themselves
-    save_state(alone / "old.pth", payload["model"], payload["settings"], {})
+    undescribed_copy(alone / "model.pth")
     with pytest.raises(SystemExit):
         cli.main([*predict, "--model", "old.pth", "--out", "old"])
     assert not (alone / "old").exists()
