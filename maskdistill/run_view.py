@@ -5,7 +5,8 @@ stage's output: its settings and the keys of its inputs), so runs that agree on 
 its folder. A run folder (``<results>/<run_name>/``) holds the run's own metrics and pictures, a
 manifest ``stages.json`` naming the cache folders the run uses, and one relative symbolic link
 per stage (``<run>/distill -> ../cache/distill/<key>``) so that a run reads like a folder of its
-own. :func:`unused_entries` lists the cache folders that no run's manifest names.
+own. The manifest names each folder relative to the run folder, as the link does.
+:func:`unused_entries` lists the cache folders that no run's manifest names.
 """
 
 from __future__ import annotations
@@ -41,33 +42,35 @@ def write_run_view(run_dir: str | Path, stages: Mapping[str, str | Path]) -> lis
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     kept = []
+    targets = {}  # name -> the cache folder, relative to the run folder
     for name, folder in stages.items():
         if Path(name).name != name or name in ("", ".", "..", MANIFEST):
             raise ValueError(f"stage name {name!r}: expected a plain file name")
+        targets[name] = os.path.relpath(Path(folder).resolve(), run_dir.resolve())
         link = run_dir / name
         if link.exists() and not link.is_symlink():
             log.warning("%s is not a link (an older run layout): left as it is", link)
             kept.append(name)
             continue
-        target = os.path.relpath(Path(folder).resolve(), run_dir.resolve())
         if link.is_symlink():
             link.unlink()
-        link.symlink_to(target, target_is_directory=True)
-    manifest = {name: str(Path(folder)) for name, folder in stages.items()}
+        link.symlink_to(targets[name], target_is_directory=True)
+    manifest = targets
     with atomic_path(run_dir / MANIFEST) as tmp:
         tmp.write_text(json.dumps({"stages": manifest}, indent=2, sort_keys=True) + "\n")
     return kept
 
 
 def used_folders(results: str | Path) -> set[Path]:
-    """The cache folders named by the manifest of any run folder in ``results`` (resolved)."""
+    """The cache folders named by the manifest of any run folder in ``results`` (resolved; a
+    manifest names them relative to its run folder, so this holds from any directory)."""
     used = set()
     for manifest in sorted(Path(results).glob(f"*/{MANIFEST}")):
         try:
             stages = json.loads(manifest.read_text())["stages"]
-        except (ValueError, KeyError, TypeError) as error:
+            used.update((manifest.parent / folder).resolve() for folder in stages.values())
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"{manifest}: not a run manifest ({error})") from error
-        used.update(Path(folder).resolve() for folder in stages.values())
     return used
 
 

@@ -280,6 +280,11 @@ def final_outputs():
 # ---------------------------------------------------------------- metrics (rules/evaluate.smk)
 
 
+def segment_report(name):
+    """(net, mode) of a stage-5 report name: ``segment-round-1-crf`` -> (round-1, crf)."""
+    return name.removeprefix("segment-").rsplit("-", 1)
+
+
 def evaluation_inputs(wildcards):
     """The files a metrics JSON (rules/evaluate.smk) is computed from, by report name."""
     name = wildcards.report
@@ -298,7 +303,7 @@ def evaluation_inputs(wildcards):
     elif name == "select":
         inputs |= {"labels": SELECT_LABELS, "select_stats": SELECT_DIR / "stats.json"}
     elif name.startswith("segment-"):
-        net, mode = name.removeprefix("segment-").rsplit("-", 1)
+        net, mode = segment_report(name)
         inputs["labels"] = prediction_dirs(net, mode, "eval")
     return inputs
 
@@ -326,7 +331,7 @@ def evaluation_command(wildcards):
     if name == "select":
         title, extra = "stage 4: select", {"missing": "skip"}
     else:
-        net, mode = name.removeprefix("segment-").rsplit("-", 1)
+        net, mode = segment_report(name)
         title, extra = segment_title(net, mode), {"supervised": net == "probe" or None}
     return f"labels {flags} {cli_flags({'title': title, **extra})}"
 

@@ -37,7 +37,8 @@ SPLITS = {"learn": DATASET["learn_splits"], "train": TRAIN_SPLITS} | (
     {"eval": [DATASET["eval_split"]]} if DATASET["eval_split"] is not None else {}
 )
 SPLIT_FOLDERS = {images_folder(splits): splits for splits in SPLITS.values()}
-CRF_FLAGS = f"--crf {cli_flags({k: SEGMENT[k] for k in SEGMENT_CRF})}"
+SEGMENT_CRF_SETTINGS = {k: SEGMENT[k] for k in SEGMENT_CRF}
+CRF_FLAGS = f"--crf {cli_flags(SEGMENT_CRF_SETTINGS)}"
 SEGMENT_SHARDS = DISCOVER["num_shards"]
 SEGMENT_TRAINING = {
     k: SEGMENT[k] for k in SEGMENT_NETWORK + SEGMENT_AUGMENTATION + SEGMENT_SCHEDULE
@@ -54,17 +55,14 @@ SEGMENT_DIR = (
         SEGMENT_TRAINING,
         TRAIN_SPLITS,
         SEGMENT["precision"],
-        {k: SEGMENT[k] for k in SEGMENT_CRF} if USES_CRF else None,
+        SEGMENT_CRF_SETTINGS if USES_CRF else None,
     )
 )
 # the linear probe of the last round: its own folder in SEGMENT_DIR, keyed by its settings
-PROBE_KEY = content_key(
-    "probe",
-    LAST_NET,
-    {k: SEGMENT[k] for k in SEGMENT_AUGMENTATION},
-    {k: PROBE[k] for k in PROBE_SCHEDULE},
-    PROBE["splits"],
-)
+PROBE_TRAINING = {k: SEGMENT[k] for k in SEGMENT_AUGMENTATION} | {
+    k: PROBE[k] for k in PROBE_SCHEDULE
+}
+PROBE_KEY = content_key("probe", LAST_NET, PROBE_TRAINING, PROBE["splits"])
 PROBE_FOLDER = f"probe-{PROBE_KEY}"
 
 
@@ -99,12 +97,7 @@ rule segment_train:
         code=code_fingerprint("maskdistill.commands.segment_train"),
         gpu_locks=GPU_LOCKS,
         dataset=dataset_args(TRAIN_SPLITS),
-        flags=cli_flags(
-            {
-                k: SEGMENT[k]
-                for k in SEGMENT_NETWORK + SEGMENT_AUGMENTATION + SEGMENT_SCHEDULE
-            }
-        ),
+        flags=cli_flags(SEGMENT_TRAINING),
         resume=lambda w: SEGMENT_DIR / f"round-{w.round}" / "resume",
     shell:
         "maskdistill gpu-run --gpus {resources.gpu} --lock-dir {params.gpu_locks:q}"
@@ -142,10 +135,7 @@ rule segment_probe:
         code=code_fingerprint("maskdistill.commands.segment_train"),
         gpu_locks=GPU_LOCKS,
         dataset=dataset_args(PROBE["splits"]),
-        flags=cli_flags(
-            {k: SEGMENT[k] for k in SEGMENT_AUGMENTATION}
-            | {k: PROBE[k] for k in PROBE_SCHEDULE}
-        ),
+        flags=cli_flags(PROBE_TRAINING),
         resume=SEGMENT_DIR / PROBE_FOLDER / "resume",
     shell:
         "maskdistill gpu-run --gpus {resources.gpu} --lock-dir {params.gpu_locks:q}"

@@ -29,7 +29,8 @@ def test_a_run_folder_links_each_stage_and_names_it_in_its_manifest(tmp_path):
     assert link.is_symlink() and os.readlink(link) == "../cache/distill/" + "a" * 12
     assert (link / "data.bin").read_bytes() == b"x" * 10
     manifest = json.loads((tmp_path / "demo" / MANIFEST).read_text())
-    assert manifest == {"stages": {"distill": str(distill), "select": str(select)}}
+    relative = {"distill": "../cache/distill/" + "a" * 12, "select": "../cache/select/" + "b" * 12}
+    assert manifest == {"stages": relative}
     # a rerun with another key moves the link
     other = _entry(tmp_path, "distill", "c" * 12, 1)
     write_run_view(tmp_path / "demo", {"distill": other, "select": select})
@@ -70,6 +71,19 @@ def test_clean_lists_and_removes_only_what_no_run_uses(tmp_path, capsys):
     assert not orphan.exists() and not stale.exists()
     assert shared.is_dir() and only_b.is_dir()
     assert unused_entries(tmp_path) == []
+
+
+def test_clean_from_another_directory_keeps_what_runs_use(tmp_path, monkeypatch):
+    """The manifests' paths do not depend on where the workflow or clean run from."""
+    used = _entry(tmp_path / "results", "distill", "a" * 12, 1)
+    orphan = _entry(tmp_path / "results", "distill", "b" * 12, 1)
+    monkeypatch.chdir(tmp_path)
+    write_run_view("results/demo", {"distill": "results/cache/distill/" + "a" * 12})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert [e.path for e in unused_entries(tmp_path / "results")] == [orphan]
+    assert used.is_dir()
 
 
 def test_a_broken_manifest_stops_clean_naming_the_file(tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from maskdistill.commands.settings_args import named_values
 from maskdistill.run_view import remove_entries, unused_entries, write_run_view
 
 log = logging.getLogger(__name__)
@@ -33,18 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     clean.set_defaults(_run=run_clean)
 
 
-def _stages(pairs: list[str]) -> dict[str, str]:
-    stages = {}
-    for pair in pairs:
-        name, sep, folder = pair.partition("=")
-        if not sep or not name or not folder:
-            raise ValueError(f"--stage {pair!r}: expected NAME=FOLDER")
-        stages[name] = folder
-    return stages
-
-
 def run_view(args: argparse.Namespace) -> None:
-    kept = write_run_view(args.run_dir, _stages(args.stage))
+    kept = write_run_view(args.run_dir, named_values(args.stage, "--stage", "NAME=FOLDER"))
     log.info("linked %s to %d stage folders", args.run_dir, len(args.stage) - len(kept))
 
 

@@ -38,6 +38,7 @@ from maskdistill.commands.dataset_args import (
     dataset_spec,
     open_dataset_from_args,
 )
+from maskdistill.commands.settings_args import named_values
 from maskdistill.data import Dataset, ImageRecord
 from maskdistill.discover.shard_file import full_resolution_mask, read_columns, read_shard
 from maskdistill.io import atomic_path, read_json, write_json, write_png
@@ -389,10 +390,7 @@ def write_comparison(args: argparse.Namespace) -> None:
     """compare.md (every run's stage mIoUs) and compare.png (each stage's mIoU against the
     setting) from the runs' ``evaluate/ablation.json``."""
     runs = {}
-    for pair in args.run:
-        value, sep, folder = pair.partition("=")
-        if not sep or not value or not folder:
-            raise ValueError(f"--run {pair!r}: expected VALUE=RUN_DIR")
+    for value, folder in named_values(args.run, "--run", "VALUE=RUN_DIR").items():
         path = Path(folder) / "evaluate" / "ablation.json"
         table = read_json(path)
         if not isinstance(table, dict) or not isinstance(table.get("rows"), list):

@@ -50,6 +50,18 @@ def settings_from_args(args: argparse.Namespace, names: Iterable[str]) -> dict[s
     return {name: getattr(args, name) for name in names}
 
 
+def named_values(entries: list[str], flag: str, meta: str) -> dict[str, str]:
+    """``NAME=VALUE`` arguments of ``flag`` as a dict, in order; ``meta`` (e.g. ``NAME=PATH``)
+    names the expected form in the error a malformed entry raises (ValueError)."""
+    values = {}
+    for entry in entries:
+        name, sep, value = entry.partition("=")
+        if not sep or not name or not value:
+            raise ValueError(f"{flag} {entry!r}: expected {meta}")
+        values[name] = value
+    return values
+
+
 def add_training_arguments(parser: argparse.ArgumentParser, section: str, unit: str) -> None:
     """``--out --metrics --resume-dir --checkpoint-every --no-resume --keep-checkpoints``."""
     parser.add_argument("--out", required=True, help="the trained network (.pth)")

@@ -17,7 +17,7 @@ import numpy as np
 
 from maskdistill import coco_files
 from maskdistill.commands.dataset_args import add_dataset_arguments, open_dataset_from_args
-from maskdistill.commands.settings_args import add_settings_arguments
+from maskdistill.commands.settings_args import add_settings_arguments, named_values
 from maskdistill.data import Dataset, ImageRecord
 from maskdistill.discover.shard_file import full_resolution_mask, read_shard
 from maskdistill.images import load_image
@@ -162,13 +162,8 @@ def write_sheet(args: argparse.Namespace) -> None:
 
 
 def _named_logs(entries: list[str]) -> dict[str, list[dict]]:
-    logs = {}
-    for entry in entries:
-        name, sep, path = entry.partition("=")
-        if not sep:
-            raise ValueError(f"--logs {entry!r}: expected NAME=PATH")
-        logs[name] = read_json_lines(path)
-    return logs
+    paths = named_values(entries, "--logs", "NAME=PATH")
+    return {name: read_json_lines(path) for name, path in paths.items()}
 
 
 def _stage_rows(args: argparse.Namespace) -> list[tuple[str, float | None, float | None]]:
