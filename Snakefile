@@ -2,6 +2,8 @@
 # Run `snakemake --cores N` (default config: the embedded demo); see README.md and docs/.
 from snakemake.utils import min_version
 
+from maskdistill.sweep import sweep_runs
+
 min_version("9.0")
 
 
@@ -16,38 +18,21 @@ if not workflow.overwrite_configfiles:
 report: "report/workflow.rst"
 
 
-include: "rules/common.smk"
-include: "rules/demo_data.smk"
-include: "rules/pretrain.smk"
-include: "rules/discover.smk"
-include: "rules/cluster.smk"
-include: "rules/distill.smk"
-include: "rules/select.smk"
-include: "rules/segment.smk"
-include: "rules/evaluate.smk"
-include: "rules/visualize.smk"
-include: "rules/run_view.smk"
+# a config with a `sweep:` section is several runs (maskdistill/sweep.py), else one
+SWEEP_RUNS = sweep_runs(config)
+if SWEEP_RUNS:
 
+    include: "rules/sweep.smk"
 
-# cheap steps (tables, pictures: seconds each) run where Snakemake runs, never as cluster jobs
-localrules:
-    all,
-    distill_merge,
-    evaluate_ablation,
-    evaluate_table,
-    run_view,
-    visualize_sheet,
-    visualize_plots,
+else:
 
+    include: "rules/run.smk"
 
-onsuccess:
-    warn_about_skipped_images()
-
-
-onerror:
-    warn_about_skipped_images()
+    ALL_TARGETS = rules.outputs.input
 
 
 rule all:
+    default_target: True
     input:
-        final_outputs(),
+        ALL_TARGETS,
+    localrule: True

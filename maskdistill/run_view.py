@@ -65,7 +65,8 @@ def used_folders(results: str | Path) -> set[Path]:
     """The cache folders named by the manifest of any run folder in ``results`` (resolved; a
     manifest names them relative to its run folder, so this holds from any directory)."""
     used = set()
-    for manifest in sorted(Path(results).glob(f"*/{MANIFEST}")):
+    manifests = [*Path(results).glob(f"*/{MANIFEST}"), *Path(results).glob(f"*/*/{MANIFEST}")]
+    for manifest in sorted(manifests):  # a run's, or a sweep run's (<run_name>/<setting>=<value>)
         try:
             stages = json.loads(manifest.read_text())["stages"]
             used.update((manifest.parent / folder).resolve() for folder in stages.values())
@@ -106,3 +107,19 @@ def remove_entries(entries: list[CacheEntry]) -> int:
     for entry in entries:
         shutil.rmtree(entry.path)
     return sum(entry.size for entry in entries)
+
+
+def skipped_image_notes(
+    discover_shards: list[str | os.PathLike], run: str | os.PathLike
+) -> list[str]:
+    """One line per skip list of a run that names images (they are missing from its results):
+    the lists next to its discover shards, and those of stages 3 and 5 in its run folder."""
+    from maskdistill.images import read_skipped
+
+    lists = [Path(f"{shard}.skipped.tsv") for shard in discover_shards]
+    lists += sorted(Path(run).rglob("*.skipped.tsv"))
+    return [
+        f"{len(rows)} unreadable images skipped, listed in {path}"
+        for path in lists
+        if path.is_file() and (rows := read_skipped(path))
+    ]

@@ -138,16 +138,12 @@ def console_warning(message):
     print(f"maskdistill warning: {message}", file=sys.stderr)
 
 
-def warn_about_skipped_images():
-    """One console line per skip list of this run (discover shards, stages 3 and 5) that
-    names images: they are missing from the results (on_bad_image: skip)."""
-    from maskdistill.images import read_skipped
+def warn_about_skipped_images(discover_shards, run):
+    """The skip lists of a run that name images, on the console (on_bad_image: skip)."""
+    from maskdistill.run_view import skipped_image_notes
 
-    lists = [Path(f"{shard}.skipped.tsv") for shard in DISCOVER_SHARDS]
-    lists += sorted(RUN.rglob("*.skipped.tsv"))
-    for path in lists:
-        if path.is_file() and (rows := read_skipped(path)):
-            console_warning(f"{len(rows)} unreadable images skipped, listed in {path}")
+    for note in skipped_image_notes(discover_shards, run):
+        console_warning(note)
 
 
 def image_lists(dataset):

@@ -46,7 +46,8 @@ rule discover:
     benchmark:
         BENCHMARKS / "discover" / "{key}" / "shard-{shard}-of-{num_shards}.tsv"
     wildcard_constraints:
-        key=r"[0-9a-f]{12}",
+        # this run's keys only: in a sweep, each run's discover rule makes its own datasets'
+        key="|".join(DISCOVER_DATASETS),
         shard=r"\d+",
         num_shards=r"\d+",
     conda:

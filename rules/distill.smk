@@ -111,6 +111,7 @@ rule distill_merge:
         LOGS / "distill_merge.log",
     benchmark:
         BENCHMARKS / "distill_merge.tsv"
+    localrule: True
     conda:
         "../envs/maskdistill.yaml"
     threads: 1

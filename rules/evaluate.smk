@@ -76,6 +76,7 @@ rule evaluate_table:
         LOGS / "evaluate_table.log",
     benchmark:
         BENCHMARKS / "evaluate_table.tsv"
+    localrule: True
     conda:
         "../envs/maskdistill.yaml"
     threads: 1
@@ -102,6 +103,7 @@ rule evaluate_ablation:
         LOGS / "evaluate_ablation.log",
     benchmark:
         BENCHMARKS / "evaluate_ablation.tsv"
+    localrule: True
     conda:
         "../envs/maskdistill.yaml"
     threads: 1

@@ -27,6 +27,7 @@ rule run_view:
         RUN_MANIFEST,
     log:
         LOGS / "run_view.log",
+    localrule: True
     conda:
         "../envs/maskdistill.yaml"
     threads: 1

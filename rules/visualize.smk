@@ -49,6 +49,7 @@ rule visualize_sheet:
         BENCHMARKS / "visualize_sheet_{stage}.tsv"
     wildcard_constraints:
         stage="|".join(SHEETS),
+    localrule: True
     conda:
         "../envs/maskdistill.yaml"
     threads: RESOURCES["visualize"]["threads"]
@@ -86,6 +87,7 @@ rule visualize_plots:
         LOGS / "visualize_plots.log",
     benchmark:
         BENCHMARKS / "visualize_plots.tsv"
+    localrule: True
     conda:
         "../envs/maskdistill.yaml"
     threads: RESOURCES["visualize"]["threads"]

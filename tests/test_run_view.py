@@ -104,3 +104,28 @@ def test_the_view_command_links_name_folder_pairs(tmp_path):
     assert (tmp_path / "demo" / "distill").resolve() == distill.resolve()
     with pytest.raises(SystemExit):
         cli.main(["cache", "view", "--run-dir", str(tmp_path / "demo"), "--stage", "distill"])
+
+
+def test_clean_keeps_what_the_runs_of_a_sweep_use(tmp_path):
+    """A sweep's runs live one level deeper (<run_name>/<setting>=<value>/)."""
+    used = _entry(tmp_path, "select", "a" * 12, 1)
+    orphan = _entry(tmp_path, "select", "b" * 12, 1)
+    write_run_view(tmp_path / "sweep-tau" / "select.tau=0.5", {"select": used})
+    manifest = json.loads((tmp_path / "sweep-tau" / "select.tau=0.5" / MANIFEST).read_text())
+    assert manifest == {"stages": {"select": "../../cache/select/" + "a" * 12}}
+    assert [e.path for e in unused_entries(tmp_path)] == [orphan]
+
+
+def test_skip_notes_name_each_list_that_holds_images(tmp_path):
+    from maskdistill.images import write_skipped
+    from maskdistill.run_view import skipped_image_notes
+
+    shard = tmp_path / "cache" / "discover" / ("a" * 12) / "shard-0-of-1.h5"
+    shard.parent.mkdir(parents=True)
+    write_skipped(Path(f"{shard}.skipped.tsv"), [("a.jpg", "truncated"), ("b.jpg", "empty")])
+    run = tmp_path / "demo"
+    (run / "distill").mkdir(parents=True)
+    write_skipped(run / "distill" / "shard-0-of-1.json.skipped.tsv", [])  # nothing skipped
+    assert skipped_image_notes([shard, tmp_path / "absent.h5"], run) == [
+        f"2 unreadable images skipped, listed in {shard}.skipped.tsv"
+    ]

@@ -33,6 +33,7 @@ from workflow_helpers import (
 from maskdistill.config import validate_config
 from maskdistill.distill.detectron2 import INSTALL as DETECTRON2_INSTALL
 from maskdistill.distill.detectron2 import available as detectron2_available
+from maskdistill.run_view import unused_entries
 from maskdistill.segment.crf import crf_available
 
 pytestmark = pytest.mark.slow  # runs the workflow with snakemake (make test-fast leaves it out)
@@ -495,6 +496,61 @@ def test_report_is_html_with_the_metrics_pictures_and_plots(demo):
         picture = Image.open(demo / "results/tiny/pictures" / f"{plot}.png")
         assert picture.mode == "RGB" and min(picture.size) > 100
     assert "MaskDistill: unsupervised semantic segmentation" in html  # report/workflow.rst
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+def sweep_jobs(jobs: Counter) -> Counter:
+    """``rules_of`` for a sweep's jobs, the run prefix (``run<i>_``) left out of each rule."""
+    plain = Counter()
+    for (rule, wildcards), n in jobs.items():
+        plain[(re.sub(r"^run\d+_", "", rule), wildcards)] += n
+    return rules_of(plain)
+
+
+def test_a_sweep_over_tau_computes_stages_1_to_3_once(tmp_path):
+    """The bar's dry run: discover, cluster and Mask R-CNN once; select and stage 5 per value;
+    every run's own metrics, pictures and view; the sweep's two comparisons."""
+    config = tiny_config(run_name="taus", sweep={"select.tau": [0.5, 0.7, 0.9]})
+    jobs = sweep_jobs(planned_jobs(make_workspace(tmp_path, config)))
+    per_run = Counter({rule: 3 * n for rule, n in after_cluster().items()})
+    for rule in ("distill_train", "distill_predict", "distill_merge"):
+        per_run[rule] //= 3
+    expected = per_run + Counter({"make_demo_data": 1, "discover": 2, "cluster": 1})
+    expected += Counter({"evaluate_discovery": 3, "visualize_sheet": 3, "sweep_compare": 2})
+    assert jobs == expected
+
+
+def test_a_sweep_over_k_reruns_cluster_and_after_nothing_before(demo):
+    """Each run: clustering and every later stage, and its own pictures and metrics (those of
+    discovery among them); the discover shards are the demo's."""
+    args = variant(demo, "ks", run_name="ks", sweep={"cluster.k": [3, 4]})
+    jobs = sweep_jobs(planned_jobs(demo, *args))
+    per_run = Counter({rule: 2 * n for rule, n in AFTER_DISCOVER.items()})
+    assert jobs == per_run + Counter({"sweep_compare": 2})
+
+
+def test_a_sweep_runs_to_its_report_sharing_the_cache(demo):
+    """Two tau values on the finished demo: each run's view names the demo's Mask R-CNN, the
+    report compares them, and cleaning the cache keeps what the sweep's runs use."""
+    args = variant(demo, "taus", run_name="taus", sweep={"select.tau": [0.5, 0.7]})
+    snakemake(demo, "--cores", "2", *args)
+    runs = [demo / "results/taus" / f"select.tau={tau}" for tau in ("0.5", "0.7")]
+    distill = {(run / "distill").resolve() for run in runs}
+    assert distill == {(demo / "results/tiny/distill").resolve()}
+    assert len({(run / "select").resolve() for run in runs}) == 2
+    table = (demo / "results/taus/sweep/select.tau/compare.md").read_text()
+    rows = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| 0.")]
+    assert rows == ["| 0.5", "| 0.7"]
+    assert "stage 5: segment mIoU %" in table
+    every_run = (demo / "results/taus/sweep/runs/compare.md").read_text()
+    assert "| select.tau 0.5 |" in every_run and "| select.tau 0.7 |" in every_run
+    plot = Image.open(demo / "results/taus/sweep/select.tau/compare.png")
+    assert plot.mode == "RGB" and min(plot.size) > 100
+    assert not [e.path for e in unused_entries(demo / "results")
+                if e.path.parent.name in ("select", "segment")]  # fmt: skip
+    assert "Nothing to be done" in snakemake(demo, "--dry-run", "--cores", "1", *args).stdout
 
 
 # ---------------------------------------------------------------- folder dataset, shard reruns
