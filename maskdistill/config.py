@@ -83,7 +83,24 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
             lines.append(f"config key '{where}': {error.message}")
         raise ValueError("invalid configuration:\n  " + "\n  ".join(lines))
+    _in_schema_order(config, schema, schema)
     return config
+
+
+def _in_schema_order(instance: Any, node: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
+    """Reorder, in place, the settings of every mapping in ``instance`` as the schema lists
+    them (others keep their order, after them): the order of a config file's keys then changes
+    no command line built from it, so reordering them reruns nothing."""
+    if "$ref" in node:
+        node = schema["$defs"][node["$ref"].rsplit("/", 1)[1]]
+    properties = node.get("properties", {})
+    if not isinstance(instance, dict) or not properties:
+        return
+    others = [key for key in instance if key not in properties]
+    for key in [*(k for k in properties if k in instance), *others]:
+        instance[key] = instance.pop(key)
+        if key in properties:
+            _in_schema_order(instance[key], properties[key], schema)
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:

@@ -25,7 +25,7 @@ SWEEPABLE_SECTIONS = ("pretrain", "discover", "cluster", "distill", "select", "s
 # settings that change no result: sweeping one would compute the same thing again
 EXECUTION_SETTINGS = ("device", "checkpoint_every", "num_shards")
 SWEEP_FOLDER = "sweep"  # <results_dir>/<run_name>/sweep/: the sweep's report
-_PLAIN_LABEL = re.compile(r"[A-Za-z0-9_.,+-]+")
+_PLAIN_LABEL = re.compile(r"[A-Za-z0-9_,+-][A-Za-z0-9_.,+-]*")  # no leading dot
 
 
 def value_label(value: Any) -> str:

@@ -61,3 +61,23 @@ def test_list_settings_round_trip_through_the_command_line(section, name, value)
     add_settings_arguments(parser, section, [name, "epochs"])
     args = parser.parse_args(shlex.split(cli_flags({name: value, "epochs": 9})))
     assert (getattr(args, name), args.epochs) == (value, 9)
+
+
+def test_the_order_of_a_files_keys_changes_no_command_line():
+    """Settings come out in the schema's order, whatever the file's: reordering a config's keys
+    reruns nothing (the workflow builds its rules' flags from them in order)."""
+    from maskdistill.workflow import cli_flags
+
+    written = {"run_name": "a", "dataset": {"root": "r", "kind": "voc"}}
+    written["discover"] = {"topk": 0.3, "heads": 2, "resize": 64}
+    reordered = {
+        "discover": {"resize": 64, "heads": 2, "topk": 0.3},
+        "dataset": {"kind": "voc", "root": "r"},
+        "run_name": "a",
+    }
+    first, second = validate_config(written), validate_config(reordered)
+    assert list(first) == list(second)
+    for section in ("discover", "dataset", "resources"):
+        assert list(first[section]) == list(second[section])
+        assert cli_flags(first[section]) == cli_flags(second[section])
+    assert list(first["discover"]).index("resize") < list(first["discover"]).index("heads")

@@ -159,11 +159,19 @@ def test_a_resume_folder_removes_only_what_maskdistill_wrote(tmp_path):
     assert not new.exists() and all(p.is_file() for p in theirs)
 
 
-@pytest.mark.parametrize("run_name", ["..", ".", ".hidden", "a/b", "../x", "x y", ""])
+@pytest.mark.parametrize(
+    "run_name",
+    ["..", ".", ".hidden", "a/b", "../x", "x y", "", "a/select.tau=../x", "a/s.t=..", "a/s.t=1/b"],
+)
 def test_run_names_that_could_leave_the_results_folder_are_refused(run_name):
     config = {"run_name": run_name, "dataset": {"kind": "folder", "root": "x"}}
     with pytest.raises(ValueError, match="run_name"):
         validate_config(config)
+
+
+def test_a_sweep_run_name_is_one_level_below_its_sweep():
+    config = {"run_name": "taus/select.tau=0.5", "dataset": {"kind": "folder", "root": "x"}}
+    assert validate_config(config)["run_name"] == "taus/select.tau=0.5"
 
 
 def test_images_above_the_pixel_limit_are_bad_images_found_from_the_header(tmp_path, monkeypatch):

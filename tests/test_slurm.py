@@ -17,6 +17,7 @@ import time
 from collections import Counter
 
 import pytest
+import yaml
 from workflow_helpers import REPO, make_workspace, parse_jobs, snakemake, tiny_config
 
 SCRIPTS = REPO / "tests" / "slurm"
@@ -126,3 +127,25 @@ def test_demo_workflow_runs_every_job_as_a_slurm_job(slurm_cluster, tmp_path):
     second = snakemake(workspace, *profile_args, env=SLURM_ENV, slurm=True)
     assert "Nothing to be done" in second.stdout + second.stderr
     assert len(_sacct_jobs(since)) == len(jobs)
+
+    # a sweep over two tau values on the same cache: every job of its runs is a SLURM job of its
+    # run's rule (run<i>_...), which the job, parsing the workflow again, finds and runs
+    sweep_config = workspace / "sweep.yaml"
+    sweep_config.write_text(
+        yaml.safe_dump(tiny_config(run_name="taus", sweep={"select.tau": [0.5, 0.7]}))
+    )
+    sweep_args = [*profile_args, "--configfile", str(sweep_config)]
+    plan = parse_jobs(
+        snakemake(workspace, "--dry-run", *sweep_args, env=SLURM_ENV, slurm=True).stdout
+    )
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))
+    run = snakemake(workspace, *sweep_args, env=SLURM_ENV, slurm=True)
+    local = parse_jobs(run.stdout + run.stderr, local=True)
+    jobs = _sacct_jobs(since)
+    comments = Counter(job["Comment"] for job in jobs)
+    assert comments == Counter({_slurm_comment(*job): n for job, n in (plan - local).items()})
+    # per run: select, segment training, 2 segment prediction shards, 5 evaluations
+    assert sorted({job["Comment"].split("_")[1] for job in jobs}) == ["run0", "run1"]
+    assert sum(comments.values()) == 2 * 9
+    assert {job["State"] for job in jobs} == {"COMPLETED"}
+    assert (workspace / "results/taus/sweep/select.tau/compare.png").is_file()

@@ -23,6 +23,7 @@ def test_a_value_is_labelled_as_written(value, label):
 
 
 def test_a_value_with_other_characters_gets_a_content_key():
+    assert value_label(".5").startswith("value-")  # a leading dot: a hidden folder
     label = value_label("random:patch=8")
     assert label.startswith("value-") and len(label) == len("value-") + 12
     assert label == value_label("random:patch=8") != value_label("random:patch=16")
