@@ -10,6 +10,7 @@ inside the output folder. Torch-free: the workflow uses it when it parses the co
 from __future__ import annotations
 
 import os
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -34,6 +35,11 @@ def printable(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+# a relative path of ASCII letters, digits, "_", ".", " ", "+", "-" whose parts do not start with
+# a dot or a space: plain by construction (no separator but "/", no drive, no root)
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_. +-]*(?:/[A-Za-z0-9_][A-Za-z0-9_. +-]*)*")
+
+
 def unsafe_reason(name: str) -> str | None:
     """Why ``name`` is not a plain relative path (None when it is one).
 
@@ -41,6 +47,8 @@ def unsafe_reason(name: str) -> str | None:
     ``\\x``, ``C:x``, ``//server/x``) or ``..`` parts (``/`` and ``\\`` both count as
     separators, so that a name means the same on every system).
     """
+    if isinstance(name, str) and _PLAIN_PATH.fullmatch(name) and ".." not in name:
+        return None  # the common case, decided without the checks below
     if not isinstance(name, str) or not name.strip():
         return "is empty"
     if "\0" in name:

@@ -41,6 +41,7 @@ RUN = RESULTS / config["run_name"]
 LOGS = RUN / "logs"
 BENCHMARKS = RUN / "benchmarks"
 GPU_LOCKS = RESULTS / ".gpu-locks"
+MANIFESTS = RESULTS / ".manifests"  # a folder dataset's shard manifests
 RESOURCES = config["resources"]
 # a training job's end (execution: passed as a resource, so changing it reruns nothing)
 KEEP_CHECKPOINTS = (
@@ -164,37 +165,27 @@ def image_lists(dataset):
 def shard_images(dataset, shard, num_shards):
     """What one shard's images depend on, so that changing the data reruns only what it must.
 
-    Folder datasets: the shard's image files (adding images reruns only the shards they land
-    in; an image's shard is crc32(file name) % num_shards). VOC and COCO: the image lists
-    (editing them reruns every shard).
+    Folder datasets: the shard's manifest (maskdistill/manifests.py: its images' names, sizes
+    and times, rewritten only when they change), so that adding images reruns only the shards
+    they land in (an image's shard is crc32(file name) % num_shards) and the DAG holds one file
+    per shard. VOC and COCO: the image lists (editing them reruns every shard).
     """
     if dataset["kind"] != "folder":
         return image_lists(dataset)
-    from maskdistill.sharding import shard_of
-
-    root = Path(dataset["root"])
-    return [
-        root / name
-        for name in _dag_names(dataset["root"])
-        if shard_of(name, int(num_shards)) == int(shard)
-    ]
+    return [folder_manifests(dataset["root"], int(num_shards))[int(shard)]]
 
 
 @functools.cache
-def _dag_names(root):
-    """The folder's image names that can be Snakemake input files: not those the jobs leave out
-    (names.unsafe_reason), nor names with braces, which Snakemake reads as wildcards (their
-    images are processed; a change to one is noticed only when its shard reruns)."""
-    from maskdistill.names import unsafe_reason
+def folder_manifests(root, num_shards):
+    """The shard manifests of an image folder (results/.manifests/<key>/), written from one
+    listing of the folder by Snakemake's main process; a cluster job, which parses the
+    workflow again, only names them."""
+    from maskdistill.manifests import manifest_paths, write_manifests
 
-    names = [n for n in _folder_images(root) if unsafe_reason(n) is None]
-    braced = {n for n in names if "{" in n or "}" in n}
-    if braced:
-        console_warning(
-            f"{len(braced)} image names under {root} hold braces ({min(braced)!r}, ...): "
-            "Snakemake cannot track these files, so editing one reruns nothing"
-        )
-    return [n for n in names if n not in braced]
+    folder = MANIFESTS / content_key("manifests", str(Path(root).resolve()))
+    if not workflow.is_main_process:
+        return manifest_paths(folder, num_shards)
+    return write_manifests(root, _folder_images(root), num_shards, folder)
 
 
 # ---------------------------------------------------------------- stage 5 (rules/segment.smk)
@@ -369,14 +360,16 @@ def sheet_flags(wildcards, input):
 
 
 # what can be checked before any job starts, so that a dry run fails with the setting's name
-preflight.check_config(config, _folder_images)
-for _dataset in filter(None, (DATASET, config["cluster"]["support_dataset"])):
-    if _dataset is DATASET and config["demo_data"]["generate"]:
-        continue  # written by the workflow
-    for _name, _why in preflight.check_image_names(
-        _dataset, config["on_bad_image"], _folder_images
-    ):
-        console_warning(f"{_why}: left out (on_bad_image: skip)")
+# (by Snakemake's main process: a cluster job, which parses the workflow again, lists nothing)
+if workflow.is_main_process:
+    preflight.check_config(config, _folder_images)
+    for _dataset in filter(None, (DATASET, config["cluster"]["support_dataset"])):
+        if _dataset is DATASET and config["demo_data"]["generate"]:
+            continue  # written by the workflow
+        for _name, _why in preflight.check_image_names(
+            _dataset, config["on_bad_image"], _folder_images
+        ):
+            console_warning(f"{_why}: left out (on_bad_image: skip)")
 for _spec in (config["discover"]["backbone"], config["discover"]["feature_backbone"]):
     if _spec.startswith("random:") and not config["pretrain"]["enabled"]:
         console_warning(

@@ -22,12 +22,13 @@ def list_images(root: Path, unsupported: list[str] | None = None) -> list[str]:
     found, others = [], []
     for folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        base = Path(folder).relative_to(root)
+        base = Path(folder).relative_to(root).as_posix()
+        prefix = "" if base == "." else base + "/"  # string work: millions of names per folder
         for name in files:
             if name.startswith("."):
                 continue
-            kept = found if Path(name).suffix.lower() in IMAGE_SUFFIXES else others
-            kept.append((base / name).as_posix())
+            kept = found if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES else others
+            kept.append(prefix + name)
     if unsupported is not None:
         unsupported += sorted(others)
     return sorted(found)
