@@ -11,6 +11,7 @@ Torch-free and cheap: the workflow imports it every time it parses the rules.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import re
@@ -40,7 +41,8 @@ def _package_of(name: str, path: Path) -> str:
     return name if path.name == "__init__.py" else name.rpartition(".")[0]
 
 
-def _imported_names(name: str, path: Path) -> set[str]:
+@functools.cache  # every stage's closure reads the same modules: each is parsed once
+def _imported_names(name: str, path: Path) -> frozenset[str]:
     """Project module names that module ``name`` imports (any scope), including their parents."""
     tree = ast.parse(path.read_text(), filename=str(path))
     found: set[str] = set()
@@ -60,7 +62,7 @@ def _imported_names(name: str, path: Path) -> set[str]:
     for module in found:
         parts = module.split(".")
         with_parents.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
-    return {m for m in with_parents if module_path(m) is not None}
+    return frozenset(m for m in with_parents if module_path(m) is not None)
 
 
 def module_closure(name: str) -> list[Path]:
