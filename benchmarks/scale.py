@@ -8,12 +8,20 @@ copy of the workflow (its own results and .snakemake/), twice: the first dry run
 the workflow keeps between invocations, the second is what every later one pays.
 Prints one Markdown table; the results are recorded in docs/scaling.md.
 Run: ``python benchmarks/scale.py --sizes 20000 200000 1280000 --work /tmp/scale``.
+
+With ``--stages 2000 4000 8000`` it runs the whole workflow instead, on generated demo datasets
+of those sizes with the tests' tiny networks (tests/configs/tiny.yaml) and a fixed number of
+images per shard, and prints each job's peak memory (the last line of its log, the largest over a
+rule's jobs) and each stage's largest file, with its growth from the smallest size to
+the largest: about 1x is bounded (by a shard or a constant), about the size ratio grows with
+the dataset.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -80,11 +88,83 @@ def measured(command: list[str], cwd: Path) -> tuple[float, float]:
     return float(seconds), float(megabytes)
 
 
+def stage_run(folder: Path, size: int, per_shard: int) -> Path:
+    """The whole workflow on a generated demo set of ``size`` images, run in ``folder``."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    shutil.copy2(REPO / "Snakefile", folder / "Snakefile")
+    for name in ("rules", "envs", "report"):
+        shutil.copytree(REPO / name, folder / name)
+    config = yaml.safe_load((REPO / "tests" / "configs" / "tiny.yaml").read_text())
+    config["run_name"] = "scale"
+    config["demo_data"] |= {"num_train": size * 4 // 5, "num_val": size // 5}
+    config["discover"]["num_shards"] = max(1, size // per_shard)
+    config["cluster"]["k"] = 6
+    for job in config["resources"].values():
+        job["threads"] = 1
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    snakemake = str(Path(sys.executable).parent / "snakemake")
+    subprocess.run([snakemake, "--cores", "2", "--quiet", "rules"], cwd=folder, check=True)
+    return folder
+
+
+def peak_memory(run: Path) -> dict[str, float]:
+    """Peak memory in MB per rule, the largest over its jobs: the last line of each job's log
+    (``maskdistill`` logs its peak resident memory when it ends)."""
+    logs = run / "results" / "scale" / "logs"
+    peaks: dict[str, float] = {}
+    for path in logs.rglob("*.log"):
+        found = re.findall(r"peak memory (\d+) MB", path.read_text())
+        rule = path.relative_to(logs).parts[0].removesuffix(".log")
+        if found:
+            peaks[rule] = max(peaks.get(rule, 0.0), float(found[-1]))
+    return peaks
+
+
+def largest_files(run: Path) -> dict[str, int]:
+    """Bytes of the largest file of each stage's cache folder (an image folder counts as its
+    number of files x 1000, so that a folder of one file per image shows its growth)."""
+    sizes: dict[str, int] = {}
+    for stage in (run / "results" / "cache").iterdir():
+        for path in stage.rglob("*"):
+            if path.is_file():
+                sizes[stage.name] = max(sizes.get(stage.name, 0), path.stat().st_size)
+            elif path.is_dir():
+                files = sum(1 for p in path.iterdir() if p.is_file())
+                sizes[f"{stage.name} (files in one folder)"] = max(
+                    sizes.get(f"{stage.name} (files in one folder)", 0), files
+                )
+    return sizes
+
+
+def stage_table(sizes: list[int], work: Path, per_shard: int) -> None:
+    """Peak memory per rule and largest output per stage at each size, with the growth."""
+    runs = {size: stage_run(work / f"stages-{size}", size, per_shard) for size in sizes}
+    memory = {size: peak_memory(run) for size, run in runs.items()}
+    files = {size: largest_files(run) for size, run in runs.items()}
+    first, last = sizes[0], sizes[-1]
+    header = " | ".join(f"{size:,} images" for size in sizes)
+    for title, table, unit in (("job peak memory", memory, "MB"), ("largest output", files, "")):
+        print(f"\n| {title} | {header} | growth {first:,} -> {last:,} |")
+        print("|---|" + "---|" * (len(sizes) + 1))
+        for name in sorted(table[last]):
+            cells = [table[size].get(name, 0) for size in sizes]
+            growth = cells[-1] / cells[0] if cells[0] else float("nan")
+            shown = [f"{c:.0f} {unit}".strip() for c in cells]
+            print(f"| {name} | " + " | ".join(shown) + f" | {growth:.1f}x |")
+    print(f"\n{per_shard} images per shard; machine: {machine_description()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 200_000])
     parser.add_argument("--work", type=Path, default=Path("/tmp/maskdistill-scale"))
+    parser.add_argument("--stages", type=int, nargs="*", help="demo sizes: run every stage")
+    parser.add_argument("--per-shard", type=int, default=500, help="images per shard (--stages)")
     args = parser.parse_args()
+    if args.stages:
+        stage_table(args.stages, args.work, args.per_shard)
+        return
     snakemake = str(Path(sys.executable).parent / "snakemake")
     rows = []
     for size in args.sizes:

@@ -105,3 +105,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (ValueError, OSError, FloatingPointError, MemoryError) as error:
         log.error("%s", error)
         sys.exit(1)
+    log.info("done; peak memory %.0f MB", peak_memory_mb())
+
+
+def peak_memory_mb() -> float:
+    """The largest resident memory of this process or of one of its finished children (data
+    loading workers), in MB: what a job's ``resources.mem_mb`` must hold."""
+    import resource
+
+    peaks = [
+        resource.getrusage(who).ru_maxrss
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    ]
+    return max(peaks) / (2**20 if sys.platform == "darwin" else 1024)  # bytes on macOS, else kB

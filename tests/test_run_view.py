@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -97,11 +98,19 @@ def test_a_broken_manifest_stops_clean_naming_the_file(tmp_path):
     assert (tmp_path / "cache" / "distill" / ("a" * 12)).is_dir()
 
 
-def test_the_view_command_links_name_folder_pairs(tmp_path):
+def test_the_view_command_links_name_folder_pairs(tmp_path, caplog):
     distill = _entry(tmp_path, "distill", "a" * 12, 1)
-    cli.main(["cache", "view", "--run-dir", str(tmp_path / "demo"),
-              "--stage", f"distill={distill}"])  # fmt: skip
+    with caplog.at_level("INFO"):
+        cli.main(["cache", "view", "--run-dir", str(tmp_path / "demo"),
+                  "--stage", f"distill={distill}"])  # fmt: skip
     assert (tmp_path / "demo" / "distill").resolve() == distill.resolve()
+    # every command's last log line: its peak memory, for sizing a job's mem_mb
+    import resource
+
+    peak = re.fullmatch(r"done; peak memory (\d+) MB", caplog.records[-1].getMessage())
+    usage = [resource.getrusage(who).ru_maxrss / 1024
+             for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]  # fmt: skip
+    assert peak and round(max(usage)) - 1 <= int(peak.group(1)) <= round(max(usage)) + 1
     with pytest.raises(SystemExit):
         cli.main(["cache", "view", "--run-dir", str(tmp_path / "demo"), "--stage", "distill"])
 
