@@ -191,7 +191,17 @@ def test_a_support_set_is_discovered_and_clustered_with_the_target(demo):
     support_shards = set(shards_of(result.stdout)) - target_shards
     assert len(support_shards) == 2
     assert len({Path(p).parent for p in support_shards}) == 1
-    assert "support images/s0.png" in result.stdout  # the support set's images are inputs
+    # the support set's images are inputs through its shard manifests
+    manifests = set(
+        re.findall(r"results/\.manifests/[0-9a-f]{12}/shard-\d-of-2\.tsv", result.stdout)
+    )
+    assert len(manifests) == 2
+    listed = "".join((demo / path).read_text() for path in manifests)
+    assert sorted(re.findall(r"^(s\d\.png)\t", listed, re.MULTILINE)) == [
+        "s0.png",
+        "s1.png",
+        "s2.png",
+    ]
 
 
 def test_an_evaluation_split_change_reruns_only_the_metrics(demo):
