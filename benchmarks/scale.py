@@ -20,6 +20,7 @@ the dataset.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import re
 import shutil
@@ -103,8 +104,10 @@ def stage_run(folder: Path, size: int, per_shard: int) -> Path:
     for job in config["resources"].values():
         job["threads"] = 1
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    snakemake = str(Path(sys.executable).parent / "snakemake")
-    subprocess.run([snakemake, "--cores", "2", "--quiet", "rules"], cwd=folder, check=True)
+    tools = Path(sys.executable).parent  # snakemake, and maskdistill for the jobs
+    env = os.environ | {"PATH": f"{tools}{os.pathsep}{os.environ['PATH']}"}
+    command = [str(tools / "snakemake"), "--cores", "2", "--quiet", "rules"]
+    subprocess.run(command, cwd=folder, env=env, check=True)
     return folder
 
 
