@@ -16,6 +16,7 @@ import hashlib
 import json
 import re
 import shlex
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -139,3 +140,14 @@ def split_folder(splits: list[str]) -> str:
 def without(settings: Mapping[str, Any], *keys: str) -> dict[str, Any]:
     """``settings`` without ``keys`` (e.g. execution settings that never change a result)."""
     return {k: v for k, v in settings.items() if k not in keys}
+
+
+_WARNED: set[str] = set()
+
+
+def console_warning(message: str) -> None:
+    """One line on Snakemake's console (stderr): a warning that changes results. Each message
+    is printed once per invocation, however many runs of a sweep would give it."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(f"maskdistill warning: {message}", file=sys.stderr)

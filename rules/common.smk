@@ -17,7 +17,6 @@
 import functools
 import os
 import re
-import sys
 from pathlib import Path
 
 from maskdistill import preflight
@@ -26,6 +25,7 @@ from maskdistill.images import MAX_PIXELS_VARIABLE
 from maskdistill.workflow import (
     cli_flags,
     code_fingerprint,
+    console_warning,
     content_key,
     split_folder,
     without,
@@ -132,11 +132,6 @@ def _folder_images(root):
             f"({' '.join(sorted(IMAGE_SUFFIXES))}) and are left out: {shown}"
         )
     return found
-
-
-def console_warning(message):
-    """One line on Snakemake's console (stderr): a warning that changes results."""
-    print(f"maskdistill warning: {message}", file=sys.stderr)
 
 
 def warn_about_skipped_images(discover_shards, run):

@@ -5,12 +5,11 @@
 # report compares the runs: per swept setting, every stage's mIoU in a table and against the
 # setting's values in a plot (results/<run_name>/sweep/<setting>/), and one table of every run.
 import re
-import sys
 from pathlib import Path
 
 from maskdistill.run_view import skipped_image_notes
 from maskdistill.sweep import SWEEP_FOLDER, runs_by_setting
-from maskdistill.workflow import cli_flags
+from maskdistill.workflow import cli_flags, console_warning
 
 SWEEP_RESULTS = Path(config["results_dir"])
 SWEEP_DIR = SWEEP_RESULTS / config["run_name"] / SWEEP_FOLDER
@@ -107,14 +106,21 @@ ALL_TARGETS = [
 ] + SWEEP_REPORTS
 
 
+# each run's discover shards, whose skip lists (and those in the run folder) are named on the
+# console at the end (on_bad_image: skip)
+SWEEP_SHARDS = {
+    run: [p for p in getattr(rules, f"{prefix}outputs").input if str(p).endswith(".h5")]
+    for run, prefix in SWEEP_PREFIXES.items()
+}
+
+
 onsuccess:
-    for run, prefix in SWEEP_PREFIXES.items():
-        for note in skipped_image_notes(
-            [
-                p
-                for p in getattr(rules, f"{prefix}outputs").input
-                if str(p).endswith(".h5")
-            ],
-            SWEEP_RESULTS / run,
-        ):
-            print(f"maskdistill warning: {note}", file=sys.stderr)
+    for run, shards in SWEEP_SHARDS.items():
+        for note in skipped_image_notes(shards, SWEEP_RESULTS / run):
+            console_warning(note)
+
+
+onerror:
+    for run, shards in SWEEP_SHARDS.items():
+        for note in skipped_image_notes(shards, SWEEP_RESULTS / run):
+            console_warning(note)
