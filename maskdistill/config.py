@@ -37,15 +37,22 @@ def defaults(section: str) -> dict[str, Any]:
 
     Settings without a default (required ones) are left out.
     """
-    schema = load_schema()
-    node = schema["properties"][section]
-    if "$ref" in node:
-        node = schema["$defs"][node["$ref"].rsplit("/", 1)[1]]
     return {
         name: spec["default"]
-        for name, spec in node.get("properties", {}).items()
+        for name, spec in section_settings(section).items()
         if "default" in spec
     }
+
+
+def section_settings(section: str, schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The schema of every setting of a config section (``{name: its schema}``, in order)."""
+    schema = load_schema() if schema is None else schema
+    return _resolved(schema["properties"][section], schema).get("properties", {})
+
+
+def _resolved(node: Mapping[str, Any], schema: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A schema node, or the definition its ``$ref`` points at."""
+    return schema["$defs"][node["$ref"].rsplit("/", 1)[1]] if "$ref" in node else node
 
 
 def _fill_defaults(validator_class):
@@ -91,9 +98,7 @@ def _in_schema_order(instance: Any, node: Mapping[str, Any], schema: Mapping[str
     """Reorder, in place, the settings of every mapping in ``instance`` as the schema lists
     them (others keep their order, after them): the order of a config file's keys then changes
     no command line built from it, so reordering them reruns nothing."""
-    if "$ref" in node:
-        node = schema["$defs"][node["$ref"].rsplit("/", 1)[1]]
-    properties = node.get("properties", {})
+    properties = _resolved(node, schema).get("properties", {})
     if not isinstance(instance, dict) or not properties:
         return
     others = [key for key in instance if key not in properties]

@@ -55,9 +55,8 @@ def write_run_view(run_dir: str | Path, stages: Mapping[str, str | Path]) -> lis
         if link.is_symlink():
             link.unlink()
         link.symlink_to(targets[name], target_is_directory=True)
-    manifest = targets
     with atomic_path(run_dir / MANIFEST) as tmp:
-        tmp.write_text(json.dumps({"stages": manifest}, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps({"stages": targets}, indent=2, sort_keys=True) + "\n")
     return kept
 
 

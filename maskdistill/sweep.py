@@ -17,7 +17,7 @@ import json
 import re
 from typing import Any
 
-from maskdistill.config import load_schema, validate_config
+from maskdistill.config import load_schema, section_settings, validate_config
 from maskdistill.workflow import content_key
 
 # the config sections whose settings may be swept (those that decide a stage's result)
@@ -40,6 +40,11 @@ def value_label(value: Any) -> str:
     return text if _PLAIN_LABEL.fullmatch(text) else "value-" + content_key(value)
 
 
+def sweep_run_name(run_name: str, setting: str, value: Any) -> str:
+    """The sweep run that sets ``setting`` to ``value``: ``<run_name>/<setting>=<value>``."""
+    return f"{run_name}/{setting}={value_label(value)}"
+
+
 def _check_setting(setting: str, schema: dict[str, Any]) -> tuple[str, str]:
     """(section, key) of a swept setting, or ValueError naming what is wrong with it."""
     section, _, key = setting.partition(".")
@@ -48,10 +53,7 @@ def _check_setting(setting: str, schema: dict[str, Any]) -> tuple[str, str]:
         raise ValueError(
             f"{where}: only the settings of {', '.join(SWEEPABLE_SECTIONS)} can be swept"
         )
-    node = schema["properties"][section]
-    if "$ref" in node:
-        node = schema["$defs"][node["$ref"].rsplit("/", 1)[1]]
-    if key not in node.get("properties", {}):
+    if key not in section_settings(section, schema):
         raise ValueError(f"{where}: {section} has no setting {key!r}")
     if key in EXECUTION_SETTINGS:
         raise ValueError(
@@ -73,7 +75,7 @@ def sweep_runs(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for setting, values in base["sweep"].items():
         section, key = _check_setting(setting, schema)
         for value in values:
-            name = f"{base['run_name']}/{setting}={value_label(value)}"
+            name = sweep_run_name(base["run_name"], setting, value)
             if name in runs:
                 raise ValueError(
                     f"config key 'sweep.{setting}': the value {value!r} is listed twice"
@@ -87,8 +89,6 @@ def sweep_runs(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def runs_by_setting(config: dict[str, Any]) -> dict[str, dict[str, str]]:
     """``{setting: {value label: run name}}`` of ``config``'s sweep (the report's groups)."""
     return {
-        setting: {
-            value_label(v): f"{config['run_name']}/{setting}={value_label(v)}" for v in values
-        }
+        setting: {value_label(v): sweep_run_name(config["run_name"], setting, v) for v in values}
         for setting, values in config["sweep"].items()
     }
