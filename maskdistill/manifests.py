@@ -12,9 +12,11 @@ Torch-free: the workflow imports it every time it parses the rules.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
+from maskdistill.data.folder import list_images
 from maskdistill.io import atomic_path
 from maskdistill.sharding import shard_of
 
@@ -56,3 +58,20 @@ def write_manifests(
             with atomic_path(path) as tmp:
                 Path(tmp).write_text(text, errors="surrogateescape")
     return paths
+
+
+@functools.cache
+def folder_listing(root: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the image files, the other visible files) of a folder (``list_images``), listed once per
+    process: a workflow parse, whose sweep runs all read the same dataset."""
+    others: list[str] = []
+    images = list_images(Path(root), others)
+    return tuple(images), tuple(others)
+
+
+@functools.cache
+def folder_manifests(root: str, num_shards: int, folder: str) -> tuple[Path, ...]:
+    """:func:`write_manifests` of the folder's listing, once per process (a sweep's runs share
+    the dataset's manifests)."""
+    images, _ = folder_listing(root)
+    return tuple(write_manifests(root, list(images), num_shards, folder))

@@ -14,7 +14,6 @@
 #   GPU stages prefix their shell command with
 #     "maskdistill gpu-run --gpus {resources.gpu} --lock-dir {params.gpu_locks:q} -- "
 #     and pass gpu_locks=GPU_LOCKS (workstation pinning; a no-op under SLURM).
-import functools
 import os
 import re
 from pathlib import Path
@@ -117,21 +116,20 @@ def shard_paths(folder, num_shards, suffix=".h5"):
     ]
 
 
-@functools.cache
 def _folder_images(root):
-    """The image files of a folder dataset (relative paths), listed once per parse; the
-    files of unsupported types are named on the console."""
-    from maskdistill.data.folder import IMAGE_SUFFIXES, list_images
+    """The image files of a folder dataset (relative paths), listed once per parse (however many
+    runs a sweep has); the files of unsupported types are named on the console."""
+    from maskdistill.data.folder import IMAGE_SUFFIXES
+    from maskdistill.manifests import folder_listing
 
-    others = []
-    found = list_images(Path(root), others)
+    found, others = folder_listing(str(root))
     if others:
         shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
         console_warning(
             f"{len(others)} files under {root} are not images of a supported type "
             f"({' '.join(sorted(IMAGE_SUFFIXES))}) and are left out: {shown}"
         )
-    return found
+    return list(found)
 
 
 def warn_about_skipped_images(discover_shards, run):
@@ -167,20 +165,19 @@ def shard_images(dataset, shard, num_shards):
     """
     if dataset["kind"] != "folder":
         return image_lists(dataset)
-    return [folder_manifests(dataset["root"], int(num_shards))[int(shard)]]
+    return [shard_manifests(dataset["root"], int(num_shards))[int(shard)]]
 
 
-@functools.cache
-def folder_manifests(root, num_shards):
+def shard_manifests(root, num_shards):
     """The shard manifests of an image folder (results/.manifests/<key>/), written from one
     listing of the folder by Snakemake's main process; a cluster job, which parses the
     workflow again, only names them."""
-    from maskdistill.manifests import manifest_paths, write_manifests
+    from maskdistill.manifests import folder_manifests, manifest_paths
 
     folder = MANIFESTS / content_key("manifests", str(Path(root).resolve()))
     if not workflow.is_main_process:
         return manifest_paths(folder, num_shards)
-    return write_manifests(root, _folder_images(root), num_shards, folder)
+    return folder_manifests(str(root), num_shards, str(folder))
 
 
 # ---------------------------------------------------------------- stage 5 (rules/segment.smk)
