@@ -8,12 +8,13 @@ code fingerprint of a stage that reads these files (no rerun of select or segmen
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
 from maskdistill.data import ImageRecord
+from maskdistill.io import read_json
 from maskdistill.masks import decode_rle
 
 
@@ -96,3 +97,23 @@ def most_confident(predictions: Iterable[Mapping[str, Any]]) -> list[Mapping[str
         if p["file_name"] not in best or p["score"] > best[p["file_name"]]["score"]:
             best[p["file_name"]] = p
     return list(best.values())
+
+
+def read_results(
+    paths: Iterable[str], keep: Callable[[str], bool] | None = None
+) -> list[dict[str, Any]]:
+    """The predictions of COCO results files (stage 3 writes one per shard), in file order.
+
+    Each file is read and filtered in turn, so that only the kept predictions are held: with
+    ``keep`` (of an image's file name), those of the images it accepts.
+
+    Raises:
+        ValueError: naming the file that is not a results list.
+    """
+    kept: list[dict[str, Any]] = []
+    for path in paths:
+        predictions = read_json(path)
+        if not isinstance(predictions, list):
+            raise ValueError(f"{path}: not a COCO results list")
+        kept += predictions if keep is None else [p for p in predictions if keep(p["file_name"])]
+    return kept

@@ -225,7 +225,7 @@ def training_labels(wildcards):
     of the training images (segment.train_splits)."""
     r = int(wildcards.round)
     return (
-        [SELECT_LABELS] if r == 0 else prediction_dirs(f"round-{r - 1}", "crf", "train")
+        SELECT_LABELS if r == 0 else prediction_dirs(f"round-{r - 1}", "crf", "train")
     )
 
 
@@ -247,7 +247,9 @@ def final_outputs():
         dataset_ready()
         + DISCOVER_SHARDS
         + CLUSTER_OUTPUTS
-        + [DISTILL_MODEL, DISTILL_PREDICTIONS, SELECT_LABELS]
+        + [DISTILL_MODEL]
+        + DISTILL_SHARDS
+        + SELECT_LABELS
         + [SEGMENT_DIR / LAST_NET / "model.pth"]
         + final
         + EVALUATE_OUTPUTS
@@ -278,9 +280,9 @@ def evaluation_inputs(wildcards):
     ):
         inputs["naming"] = NAMING  # named as stage 2's clusters were
     if name == "distill":
-        inputs["predictions"] = DISTILL_PREDICTIONS
+        inputs["predictions"] = DISTILL_SHARDS
     elif name == "select":
-        inputs |= {"labels": SELECT_LABELS, "select_stats": SELECT_DIR / "stats.json"}
+        inputs |= {"labels": SELECT_LABELS, "select_stats": SELECT_STATS}
     elif name.startswith("segment-"):
         net, mode = segment_report(name)
         inputs["labels"] = prediction_dirs(net, mode, "eval")
@@ -330,7 +332,7 @@ def sheet_inputs(wildcards):
         if evaluation_enabled():
             inputs["cluster_metrics"] = EVALUATE_DIR / "cluster.json"
     if everything or stage == "distill":
-        inputs["predictions"] = DISTILL_PREDICTIONS
+        inputs["predictions"] = DISTILL_SHARDS
     if everything or stage == "select":
         inputs["selected"] = SELECT_LABELS
     if everything or stage == "segment":

@@ -1,6 +1,8 @@
 # Stage 3, distill: Mask R-CNN (torchvision's, or detectron2's with distill.backend: detectron2)
-# trained on the stage-2 pseudo ground truth (the clusters are its classes), then up to detections_per_image scored masks for every learning image, one job per
-# shard (the shard assignment of discover), merged into one COCO results list. Only the final
+# trained on the stage-2 pseudo ground truth (the clusters are its classes), then up to
+# detections_per_image scored masks for every learning image, one COCO results list per shard
+# (the shard assignment of discover), which stage 4, the metrics and the pictures read shard by
+# shard; one merged list only on request (`snakemake merged_predictions`). Only the final
 # network is a declared output of training; its rolling checkpoint lives in resume/, which
 # Snakemake never deletes, so a killed job resumes where it stopped when it is rerun.
 DISTILL = config["distill"]
@@ -17,7 +19,8 @@ DISTILL_TRAIN_METRICS = DISTILL_DIR / "train_metrics.jsonl"
 DISTILL_SHARDS = shard_paths(
     DISTILL_DIR / "predictions", DISCOVER["num_shards"], ".json"
 )
-DISTILL_PREDICTIONS = DISTILL_DIR / "predictions.json"  # the input of stage 4
+# every shard's predictions in one list: written only when asked for (rule merged_predictions)
+DISTILL_PREDICTIONS = DISTILL_DIR / "predictions.json"
 
 
 rule distill_train:
@@ -122,3 +125,10 @@ rule distill_merge:
         code=code_fingerprint("maskdistill.commands.distill"),
     shell:
         "maskdistill distill merge --shards {input:q} --out {output:q} 2> {log:q}"
+
+
+# `snakemake merged_predictions`: the merged list, for a user's own tools (no stage reads it)
+rule merged_predictions:
+    input:
+        DISTILL_PREDICTIONS,
+    localrule: True

@@ -20,7 +20,7 @@ rule run_view:
         DISCOVER_SHARDS + SUPPORT_SHARDS,
         CLUSTER_OUTPUTS,
         DISTILL_MODEL,
-        DISTILL_PREDICTIONS,
+        DISTILL_SHARDS,
         SELECT_LABELS,
         SEGMENT_DIR / LAST_NET / "model.pth",
     output:

@@ -70,7 +70,7 @@ rule visualize_sheet:
 rule visualize_plots:
     input:
         pseudo_gt=PSEUDO_GT,
-        predictions=DISTILL_PREDICTIONS,
+        predictions=DISTILL_SHARDS,
         trained=TRAINED,
         reports=METRICS_REPORTS if evaluation_enabled() else [],
     output:

@@ -325,6 +325,13 @@ def test_cli_trains_predicts_merges_and_evaluates(tmp_path):
     report = json.loads((tmp_path / "distill.json").read_text())
     assert set(report["summary"]) == {"mask AP50 (multi)", "mask AP50 (single)", "mIoU"}
     assert report["num_images"] == 2
+    # the workflow scores the shard files themselves: the same metrics as the merged list
+    cli.main(["evaluate", "distill", "--predictions", *shard_files,
+              "--pseudo-gt", str(tmp_path / "pgt.json"), *voc, "--splits", "val",
+              "--out", str(tmp_path / "by_shard.json")])  # fmt: skip
+    by_shard = json.loads((tmp_path / "by_shard.json").read_text())
+    assert by_shard["summary"] == report["summary"]
+    assert by_shard["num_predictions"] == report["num_predictions"]
     # a changed pseudo ground truth starts over: the old checkpoint is removed
     coco["annotations"] = coco["annotations"][1:]
     (tmp_path / "pgt.json").write_text(json.dumps(coco))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -170,3 +171,74 @@ def test_from_annotations_paints_each_images_pseudo_mask_with_its_cluster(tmp_pa
     with pytest.raises(SystemExit):  # without the flag, a COCO dict is not a results list
         other = ["--out", str(tmp_path / "other"), "--stats", str(tmp_path / "s.json")]
         cli.main(["select", "--predictions", pgt, "--pseudo-gt", pgt, *other])
+
+
+def _sharded_scene(tmp_path, count: int = 12):
+    """A pseudo ground truth of ``count`` 6 x 6 images, one or two predictions each, and the
+    predictions split as `distill predict` writes them (one file per shard of 3)."""
+    from maskdistill.sharding import shard_of
+
+    rng = np.random.default_rng(0)
+    images = [{"id": i, "file_name": f"img{i}.jpg", "height": 6, "width": 6} for i in range(count)]
+    predictions = []
+    for image in images[:-1]:  # the last image has no prediction
+        for _ in range(int(rng.integers(1, 3))):
+            top, left = rng.integers(0, 4, size=2)
+            mask = _box(slice(top, top + 2), slice(left, left + 3))
+            score = float(rng.uniform(0.5, 1.0))
+            predictions.append(
+                _prediction(mask, score, int(rng.integers(1, 4)), image["file_name"])
+            )
+    index = {"images": images, "annotations": [], "categories": [{"id": k} for k in (1, 2, 3)]}
+    (tmp_path / "pgt.json").write_text(json.dumps(index))
+    (tmp_path / "all.json").write_text(json.dumps(predictions))
+    for shard in range(3):
+        mine = [p for p in predictions if shard_of(p["file_name"], 3) == shard]
+        (tmp_path / f"pred-{shard}.json").write_text(json.dumps(mine))
+    return images
+
+
+def _select(tmp_path, predictions: str, out: str, *shard: str) -> dict:
+    cli.main(["select", "--predictions", str(tmp_path / predictions),
+              "--pseudo-gt", str(tmp_path / "pgt.json"), "--tau", "0.8", *shard,
+              "--out", str(tmp_path / out), "--stats", str(tmp_path / f"{out}.json")])  # fmt: skip
+    return json.loads((tmp_path / f"{out}.json").read_text())
+
+
+def test_one_job_per_shard_writes_the_maps_of_one_job_over_every_image(tmp_path):
+    """Shard by shard, on each shard's predictions file: the same PNGs, byte for byte, and the
+    same per-image stats, partitioned by the shards."""
+    images = _sharded_scene(tmp_path)
+    whole = _select(tmp_path, "all.json", "whole")
+    rows = []
+    for shard in range(3):
+        stats = _select(tmp_path, f"pred-{shard}.json", f"shard-{shard}", "--shard", str(shard),
+                        "--num-shards", "3")  # fmt: skip
+        assert (stats["shard"], stats["num_shards"]) == (shard, 3)
+        rows += stats["images"]
+    assert sorted(rows, key=lambda r: r["file_name"]) == sorted(
+        whole["images"], key=lambda r: r["file_name"]
+    )
+    written = 0
+    for image in images:
+        name = image["file_name"].replace(".jpg", ".png")
+        found = [tmp_path / f"shard-{s}" / name for s in range(3)]
+        found = [path for path in found if path.exists()]
+        if image["file_name"] == "img11.jpg":  # no prediction: no map anywhere
+            assert not found and not (tmp_path / "whole" / name).exists()
+            continue
+        assert len(found) == 1  # in its own shard only
+        assert found[0].read_bytes() == (tmp_path / "whole" / name).read_bytes()
+        written += 1
+    assert written == len(images) - 1
+
+
+def test_another_shards_predictions_are_refused_by_name(tmp_path, caplog):
+    _sharded_scene(tmp_path)
+    with pytest.raises(SystemExit):
+        _select(tmp_path, "pred-1.json", "wrong", "--shard", "0", "--num-shards", "3")
+    assert re.search(r"pred-1\.json: predictions of \d+ images .* shard 0 of 3", caplog.text)
+    assert not (tmp_path / "wrong").exists()
+    with pytest.raises(SystemExit):
+        _select(tmp_path, "pred-1.json", "bad", "--shard", "3", "--num-shards", "3")
+    assert "--shard 3: expected 0 <= shard < --num-shards" in caplog.text

@@ -101,7 +101,7 @@ def test_demo_workflow_runs_every_job_as_a_slurm_job(slurm_cluster, tmp_path):
     run = snakemake(workspace, *profile_args, env=SLURM_ENV, slurm=True)
     local = parse_jobs(run.stdout + run.stderr, local=True)
     # the Snakefile's localrules
-    localrules = {"all", "distill_merge", "evaluate_table", "evaluate_ablation", "run_view"}
+    localrules = {"all", "evaluate_table", "evaluate_ablation", "run_view"}
     sheets = {("visualize_sheet", f"stage={stage}") for stage in SHEETS}
     assert set(local) == {(rule, "") for rule in localrules | {"visualize_plots"}} | sheets
 
@@ -109,8 +109,8 @@ def test_demo_workflow_runs_every_job_as_a_slurm_job(slurm_cluster, tmp_path):
     comments = Counter(job["Comment"] for job in jobs)
     assert comments == Counter({_slurm_comment(*job): n for job, n in (plan - local).items()})
     # demo data, 2 discover shards, cluster, distill training, 2 distill prediction shards,
-    # select, segment training, 2 segment prediction shards, 5 evaluations
-    assert sum(comments.values()) == 16
+    # 2 select shards, segment training, 2 segment prediction shards, 5 evaluations
+    assert sum(comments.values()) == 17
     assert {job["State"] for job in jobs} == {"COMPLETED"}
     assert {(job["Account"], job["Partition"]) for job in jobs} == {("ci", "debug")}
     assert len({job["JobName"] for job in jobs}) == 1  # one workflow run (the plugin's run uuid)
@@ -118,11 +118,11 @@ def test_demo_workflow_runs_every_job_as_a_slurm_job(slurm_cluster, tmp_path):
     # outputs complete: every output of the summary is present and up to date
     summary = snakemake(workspace, "--summary", *profile_args, env=SLURM_ENV, slurm=True).stdout
     rows = [line.split("\t") for line in summary.splitlines()[1:] if "\t" in line]
-    # demo data, 2 shards, pseudo GT and stats, model, training metrics, 2 prediction shards and
-    # their merge, stage-4 maps and stats, stage-5 model, metrics and 2 prediction folders,
+    # demo data, 2 shards, pseudo GT and stats, model, training metrics, 2 prediction shards,
+    # 2 stage-4 map folders and their 2 stats, stage-5 model, metrics and 2 prediction folders,
     # 5 metrics JSONs, the table and the ablation table (Markdown and JSON), 6 contact sheets,
     # 6 plots and the run's manifest of its cache folders
-    assert len(rows) == 37 and all(row[4:6] == ["ok", "no update"] for row in rows), summary
+    assert len(rows) == 38 and all(row[4:6] == ["ok", "no update"] for row in rows), summary
 
     second = snakemake(workspace, *profile_args, env=SLURM_ENV, slurm=True)
     assert "Nothing to be done" in second.stdout + second.stderr

@@ -46,8 +46,9 @@ def after_cluster(num_shards: int = 2, evaluated: bool = True) -> Counter:
 
     Stage 5 predicts the evaluation split when there is ground truth, else the learning images.
     """
-    jobs = Counter({"distill_train": 1, "distill_predict": num_shards, "distill_merge": 1})
-    jobs += Counter({"select": 1, "segment_train": 1, "segment_predict": num_shards})
+    # stages 3 and 4 shard by shard: no merged predictions list (only on request)
+    jobs = Counter({"distill_train": 1, "distill_predict": num_shards})
+    jobs += Counter({"select": num_shards, "segment_train": 1, "segment_predict": num_shards})
     jobs += Counter({"run_view": 1})  # the run folder's links to the stages' cache folders
     # the contact sheets of stages 2-5 and the overview, and the plots
     jobs += Counter({"visualize_sheet": 5, "visualize_plots": 1})
@@ -328,7 +329,7 @@ def test_a_run_differing_only_in_its_name_shares_every_stage(demo):
 def test_a_run_with_another_tau_reuses_stages_1_to_3(demo):
     """select.tau in a new run: selection and stage 5 again, no Mask R-CNN training."""
     jobs = rules_of(planned_jobs(demo, *variant(demo, "tau", run_name="tau", select={"tau": 0.5})))
-    stage3 = {"distill_train", "distill_predict", "distill_merge", "evaluate_distill"}
+    stage3 = {"distill_train", "distill_predict", "evaluate_distill"}
     expected = {rule: n for rule, n in AFTER_CLUSTER.items() if rule not in stage3}
     assert jobs == Counter(expected | {"evaluate_discovery": 1, "evaluate_cluster": 1,
                                        "evaluate_distill": 1, "visualize_sheet": 6})  # fmt: skip
@@ -341,7 +342,7 @@ def test_stage_5_on_the_pseudo_masks_paints_them_through_select(demo):
     result = snakemake(demo, "--dry-run", "-p", "--cores", "1", *args)
     jobs = parse_jobs(result.stdout)
     del jobs[("all", "")]
-    stage3 = {"distill_train", "distill_predict", "distill_merge", "evaluate_distill"}
+    stage3 = {"distill_train", "distill_predict", "evaluate_distill"}
     expected = {rule: n for rule, n in AFTER_CLUSTER.items() if rule not in stage3}
     run_only = {"evaluate_discovery": 1, "evaluate_cluster": 1, "evaluate_distill": 1}
     assert rules_of(jobs) == Counter(expected | run_only | {"visualize_sheet": 6})
@@ -384,8 +385,9 @@ def test_the_same_config_seed_and_threads_give_the_same_numbers(demo):
     for model in ("distill/model.pth", "segment/round-0/model.pth"):
         a, b = (torch.load(root / model, weights_only=True)["model"] for root in (first, again))
         assert all(torch.equal(a[k], b[k]) for k in a), model
-    predictions = json.loads((first / "distill" / "predictions.json").read_text())
-    assert predictions == json.loads((again / "distill" / "predictions.json").read_text())
+    for shard in sorted((first / "distill" / "predictions").glob("shard-*.json")):
+        copy = again / shard.relative_to(first)
+        assert json.loads(shard.read_text()) == json.loads(copy.read_text()), shard.name
     for png in sorted((first / "segment").rglob("*.png")):
         copy = again / png.relative_to(first)
         assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(copy))), png
@@ -527,7 +529,7 @@ def test_a_sweep_over_tau_computes_stages_1_to_3_once(tmp_path):
     config = tiny_config(run_name="taus", sweep={"select.tau": [0.5, 0.7, 0.9]})
     jobs = sweep_jobs(planned_jobs(make_workspace(tmp_path, config)))
     per_run = Counter({rule: 3 * n for rule, n in after_cluster().items()})
-    for rule in ("distill_train", "distill_predict", "distill_merge"):
+    for rule in ("distill_train", "distill_predict"):
         per_run[rule] //= 3
     expected = per_run + Counter({"make_demo_data": 1, "discover": 2, "cluster": 1})
     expected += Counter({"evaluate_discovery": 3, "visualize_sheet": 3, "sweep_compare": 2})
@@ -626,10 +628,9 @@ def test_adding_images_reruns_only_the_shards_they_land_in(folder):
             ("discover", f"shard=1, num_shards={NUM_SHARDS}"): 1,
             ("cluster", ""): 1,
             ("distill_train", ""): 1,
-            ("distill_merge", ""): 1,
-            ("select", ""): 1,
             ("segment_train", "round=0"): 1,
             **{("distill_predict", shard): 1 for shard in shards},
+            **{("select", shard): 1 for shard in shards},
             **{("segment_predict", wildcards): 1 for wildcards in final},
             **{("visualize_sheet", f"stage={stage}"): 1 for stage in SHEETS},
             ("visualize_plots", ""): 1,

@@ -85,7 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "reference uses its learning split, trainval)",
     )
     distill = sub.add_parser("distill", help="mask AP50 and painted mIoU of stage 3")
-    distill.add_argument("--predictions", required=True, help="stage-3 predictions (JSON list)")
+    distill.add_argument(
+        "--predictions", nargs="+", required=True, help="stage-3 predictions (JSON lists: shards)"
+    )
     distill.add_argument("--pseudo-gt", required=True, help="stage-2 COCO JSON (the classes)")
     labels = sub.add_parser("labels", help="mIoU of label PNGs (stages 4 and 5)")
     labels.add_argument(
@@ -107,9 +109,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     labels.add_argument(
         "--select-stats",
+        nargs="+",
         default=None,
-        help="stage-4 stats JSON: also score the images where a prediction reached tau, beside "
-        "stage 2's maps of the same images",
+        help="stage-4 stats JSONs (shards): also score the images where a prediction reached "
+        "tau, beside stage 2's maps of the same images",
     )
     for command in (distill, labels):
         command.add_argument(
@@ -247,18 +250,15 @@ def evaluate_cluster(args: argparse.Namespace) -> None:
 def evaluate_distill(args: argparse.Namespace) -> None:
     """Mask AP50 (multi, single) and the painted mIoU of the stage-3 predictions."""
     dataset, records = _eval_dataset(args)
-    predictions = read_json(args.predictions)
-    if not isinstance(predictions, list):
-        raise ValueError(f"{args.predictions}: not a COCO results list")
     _, num_clusters = coco_files.index_annotations(read_json(args.pseudo_gt), args.pseudo_gt)
     names = {r.file_name for r in records}
-    mine = [p for p in predictions if p["file_name"] in names]
+    mine = coco_files.read_results(args.predictions, keep=names.__contains__)
     ground_truth = evaluation.instance_ground_truth(dataset, records)
     grouped = coco_files.by_image(mine)
 
     def label_map(record: ImageRecord) -> np.ndarray:
         masks = [
-            (coco_files.annotation_mask(p, record, args.predictions), p["category_id"])
+            (coco_files.annotation_mask(p, record, "stage-3 predictions"), p["category_id"])
             for p in grouped.get(record.file_name, [])
         ]
         return paint_label_map((record.height, record.width), masks, overlap="fill")
@@ -282,7 +282,7 @@ def evaluate_distill(args: argparse.Namespace) -> None:
         num_ground_truth_instances=len(ground_truth["annotations"]),
         matching=_protocol(args),
         semantic=semantic,
-        predictions=args.predictions,
+        predictions=list(args.predictions),
     )
     write_json(args.out, report)
     log.info("stage 3 on %d images: %s", len(records), report["summary"])
@@ -346,9 +346,11 @@ def _has_labels(folders: list[str], file_name: str) -> bool:
 def _confident_scores(args, dataset, records, label_map, num_labels: int) -> dict[str, Any]:
     """mIoU of the stage-4 maps and of the stage-2 maps on the images where a prediction
     reached tau (``--select-stats``), and those images' share of all labelled images."""
-    stats = read_json(args.select_stats)
     confident = {
-        row["file_name"] for row in stats["images"] if row["kept"] > 0 and not row["fell_back"]
+        row["file_name"]
+        for path in args.select_stats
+        for row in read_json(path)["images"]
+        if row["kept"] > 0 and not row["fell_back"]
     }
     subset = [r for r in records if r.file_name in confident]
     annotations = coco_files.one_per_image(

@@ -1,13 +1,16 @@
 """Stage 4: confident Mask R-CNN predictions -> one palette PNG label map per image.
 
-For every image of the pseudo ground truth (the learning images): its predictions scoring at
+One job per shard: for every image of the pseudo ground truth (the learning images) in shard
+--shard of --num-shards (``crc32(file_name) % num_shards``, the shards of stage 3's
+predictions), its predictions (that shard's file of ``distill predict``) scoring at
 least --tau, or its best one alone when none does, painted in descending score with their
 category id (1 + cluster index) on an all-zero map; a mask touching pixels painted before it
 is skipped (--overlap skip, the paper's text), or treated as the authors' code treats it
 (overwrite: see maskdistill.select.confident). An image without any prediction gets no PNG
 (it leaves stage 5's training set, as in the reference). The PNGs (``<out>/<file name stem>.png``,
 data/README.md) are written into a temporary folder renamed when complete; --stats gets what
-was kept per image.
+was kept per image. Predictions of an image outside the shard are an error (the wrong shard's
+file), so a job holds one shard's predictions and maps, never the dataset's.
 """
 
 from __future__ import annotations
@@ -24,13 +27,16 @@ from maskdistill.names import check_collisions, check_name
 from maskdistill.progress import Progress
 from maskdistill.provenance import provenance
 from maskdistill.select.confident import select_label_map
+from maskdistill.sharding import shard_of
 
 log = logging.getLogger(__name__)
 SETTINGS = ("tau", "overlap")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--predictions", required=True, help="stage-3 predictions (JSON list)")
+    parser.add_argument(
+        "--predictions", required=True, help="stage-3 predictions of the shard (JSON list)"
+    )
     parser.add_argument(
         "--from-annotations",
         action="store_true",
@@ -38,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "annotation is a prediction of score 1 (stage 5 then learns from the stage-2 masks)",
     )
     parser.add_argument("--pseudo-gt", required=True, help="stage-2 COCO JSON: the images")
+    parser.add_argument("--shard", type=int, default=0, help="the shard's index")
+    parser.add_argument("--num-shards", type=int, default=1, help="the number of shards")
     add_settings_arguments(parser, "select", SETTINGS, "selection (docs/method.md, stage 4)")
     parser.add_argument("--out", required=True, help="folder of label PNGs to create")
     parser.add_argument("--stats", required=True, help="selection statistics (JSON)")
@@ -51,17 +59,19 @@ def run(args: argparse.Namespace) -> None:
             f"{args.pseudo_gt}: {num_categories} categories; a label PNG holds at most "
             f"{IGNORE - 1} (lower cluster.k x cluster.overcluster)"
         )
-    predictions = read_json(args.predictions)
-    if args.from_annotations:
-        predictions = annotations_as_predictions(predictions, args.predictions)
-    elif not isinstance(predictions, list):
-        raise ValueError(f"{args.predictions}: not a COCO results list")
-    grouped = by_image(predictions)
-    names = [check_name(image["file_name"], args.pseudo_gt) for image in index["images"]]
+    if not 0 <= args.shard < args.num_shards:
+        raise ValueError(f"--shard {args.shard}: expected 0 <= shard < --num-shards")
+    images = [
+        image
+        for image in index["images"]
+        if shard_of(image["file_name"], args.num_shards) == args.shard
+    ]
+    names = [check_name(image["file_name"], args.pseudo_gt) for image in images]
     check_collisions(names, ".png", args.pseudo_gt)
+    grouped = _shard_predictions(args, set(names))
     rows = []
-    with atomic_path(args.out) as tmp, Progress(len(index["images"]), "select", "images") as bar:
-        for image in index["images"]:
+    with atomic_path(args.out) as tmp, Progress(len(images), "select", "images") as bar:
+        for image in images:
             path = label_png_path(tmp, image["file_name"])
             selection = select_label_map(
                 grouped.get(image["file_name"], []),
@@ -99,12 +109,32 @@ def run(args: argparse.Namespace) -> None:
     )
 
 
+def _shard_predictions(args: argparse.Namespace, names: set[str]) -> dict[str, list]:
+    """The predictions of the shard's images, by image in descending score."""
+    predictions = read_json(args.predictions)
+    if args.from_annotations:  # the whole pseudo ground truth: this shard's images
+        predictions = annotations_as_predictions(predictions, args.predictions)
+        predictions = [p for p in predictions if p["file_name"] in names]
+    elif not isinstance(predictions, list):
+        raise ValueError(f"{args.predictions}: not a COCO results list")
+    outside = sorted({p["file_name"] for p in predictions} - names)
+    if outside:
+        raise ValueError(
+            f"{args.predictions}: predictions of {len(outside)} images that are not among the "
+            f"images of shard {args.shard} of {args.num_shards} in {args.pseudo_gt} (e.g. "
+            f"{outside[0]!r}): pass that shard's predictions file"
+        )
+    return by_image(predictions)
+
+
 def selection_stats(rows: list[dict], args: argparse.Namespace, num_categories: int) -> dict:
     """The stats JSON (data/README.md, "Selection stats JSON")."""
     count = max(len(rows), 1)
     return {
         "tau": args.tau,
         "overlap": args.overlap,
+        "shard": args.shard,
+        "num_shards": args.num_shards,
         "num_categories": num_categories,
         "num_images": len(rows),
         "num_without_predictions": sum(r["predictions"] == 0 for r in rows),

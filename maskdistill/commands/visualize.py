@@ -37,8 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataset_arguments(sheet)
     sheet.add_argument("--shards", nargs="+", default=[], help="discover shards")
     sheet.add_argument("--pseudo-gt", default=None, help="stage-2 COCO JSON")
-    sheet.add_argument("--predictions", default=None, help="stage-3 predictions (JSON list)")
-    sheet.add_argument("--selected", default=None, help="stage-4 folder of label PNGs")
+    sheet.add_argument(
+        "--predictions", nargs="+", default=[], help="stage-3 predictions (JSON lists: shards)"
+    )
+    sheet.add_argument("--selected", nargs="+", default=[], help="stage-4 label PNG folders")
     sheet.add_argument("--segmented", nargs="+", default=[], help="stage-5 label PNG folders")
     sheet.add_argument("--refined", nargs="+", default=[], help="stage-5 CRF label PNG folders")
     sheet.add_argument(
@@ -49,7 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sheet.set_defaults(_run=write_sheet)
     figures = sub.add_parser("plots", help="plots of a run's numbers (PNGs)")
     figures.add_argument("--pseudo-gt", default=None, help="stage-2 COCO JSON: cluster sizes")
-    figures.add_argument("--predictions", default=None, help="stage-3 predictions: scores")
+    figures.add_argument(
+        "--predictions", nargs="+", default=[], help="stage-3 predictions (shards): scores"
+    )
     figures.add_argument("--tau", type=float, default=None, help="stage 4's score threshold")
     figures.add_argument(
         "--logs", nargs="+", default=[], metavar="NAME=PATH", help="training metrics logs"
@@ -86,14 +90,12 @@ def _pseudo_masks(path: str, records: list[ImageRecord]) -> dict[str, tuple[np.n
     }
 
 
-def _predicted_masks(path: str, records: list[ImageRecord]) -> dict[str, list]:
-    predictions = read_json(path)
-    if not isinstance(predictions, list):
-        raise ValueError(f"{path}: not a COCO results list")
-    grouped = coco_files.by_image(predictions)
+def _predicted_masks(paths: list[str], records: list[ImageRecord]) -> dict[str, list]:
+    names = {r.file_name for r in records}
+    grouped = coco_files.by_image(coco_files.read_results(paths, keep=names.__contains__))
     return {
         r.file_name: [
-            (coco_files.annotation_mask(p, r, path), p["category_id"], p["score"])
+            (coco_files.annotation_mask(p, r, "stage-3 predictions"), p["category_id"], p["score"])
             for p in grouped.get(r.file_name, [])
         ]
         for r in records
@@ -112,11 +114,9 @@ def sheet_data(args: argparse.Namespace, dataset: Dataset, records: list[ImageRe
     predicted = _predicted_masks(args.predictions, records) if args.predictions else {}
     data = []
     for record in records:
-        selected_path = label_png_path(args.selected, record.file_name) if args.selected else None
         # stage 4 writes no map for an image without predictions: an empty panel
-        selected = (
-            read_label_png(selected_path) if selected_path and selected_path.is_file() else None
-        )
+        selected_paths = [label_png_path(folder, record.file_name) for folder in args.selected]
+        selected = next((read_label_png(p) for p in selected_paths if p.is_file()), None)
         data.append(
             sheets.ImageData(
                 file_name=record.file_name,
@@ -200,7 +200,8 @@ def write_plots(args: argparse.Namespace) -> None:
     if args.predictions:
         if args.tau is None:
             raise ValueError("--predictions needs --tau (the selection threshold to mark)")
-        scores = [p["score"] for p in read_json(args.predictions)]
+        # one shard's predictions held at a time: only their scores are kept
+        scores = [p["score"] for path in args.predictions for p in coco_files.read_results([path])]
         write_png(out / "scores.png", charts.score_histogram(scores, args.tau))
     if args.logs:
         write_png(out / "training.png", charts.training_curves(_named_logs(args.logs)))
