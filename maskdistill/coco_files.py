@@ -8,7 +8,7 @@ code fingerprint of a stage that reads these files (no rerun of select or segmen
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -117,3 +117,37 @@ def read_results(
             raise ValueError(f"{path}: not a COCO results list")
         kept += predictions if keep is None else [p for p in predictions if keep(p["file_name"])]
     return kept
+
+
+def read_pseudo_gt(paths: Sequence[str], keep: Callable[[str], bool] | None = None) -> dict:
+    """One COCO instances dict from the pseudo ground truth's shard files (stage 2 writes one
+    per shard; one whole file works too), in file order.
+
+    Each file is checked (:func:`index_annotations`, naming it) and filtered in turn, so that
+    only the kept images and their annotations are held: with ``keep`` (of an image's file
+    name), the images it accepts. ``categories`` and ``info`` are the first file's; every file
+    must list the same categories.
+
+    Raises:
+        ValueError: naming the file that is malformed or lists other categories.
+    """
+    merged: dict[str, Any] = {"images": [], "annotations": []}
+    for path in paths:
+        coco = read_json(path)
+        index_annotations(coco, path)
+        if "categories" not in merged:
+            merged |= {"info": coco.get("info", {}), "categories": coco["categories"]}
+        elif coco["categories"] != merged["categories"]:
+            raise ValueError(f"{path}: other categories than {paths[0]} (not one pseudo GT)")
+        images = [i for i in coco["images"] if keep is None or keep(i["file_name"])]
+        ids = {image["id"] for image in images}
+        merged["images"] += images
+        merged["annotations"] += [a for a in coco["annotations"] if a["image_id"] in ids]
+    if "categories" not in merged:
+        raise ValueError("no pseudo ground truth file given")
+    return merged
+
+
+def files_named(paths: Sequence[str]) -> str:
+    """How a message names a file or a shard set: the path, or the first and the count."""
+    return paths[0] if len(paths) == 1 else f"{paths[0]} (and {len(paths) - 1} other shards)"

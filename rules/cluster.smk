@@ -1,5 +1,6 @@
 # Stage 2, cluster: K-means over the features of every discovered mask (optionally together with
-# a support set's) -> COCO pseudo ground truth (category_id = 1 + cluster index) + stats.
+# a support set's) -> COCO pseudo ground truth (category_id = 1 + cluster index), one file per
+# discover shard (the shards of every later stage), + stats.
 CLUSTER = config["cluster"]
 CLUSTER_SETTINGS = ("k", "overcluster", "kmeans", "seed")
 # content addressed by the discover shards it reads (their keys), shards given by path, and
@@ -12,8 +13,9 @@ CLUSTER_KEY = content_key(
     {key: CLUSTER[key] for key in CLUSTER_SETTINGS},
 )
 CLUSTER_DIR = CACHE / "cluster" / CLUSTER_KEY
-PSEUDO_GT = CLUSTER_DIR / "pseudo_gt.json"  # the training set of stage 3
-CLUSTER_OUTPUTS = [PSEUDO_GT, CLUSTER_DIR / "stats.json"]
+# the training set of stage 3: pseudo_gt/shard-<i>-of-<S>.json, the images of discover shard i
+PSEUDO_GT = shard_paths(CLUSTER_DIR / "pseudo_gt", DISCOVER["num_shards"], ".json")
+CLUSTER_OUTPUTS = PSEUDO_GT + [CLUSTER_DIR / "stats.json"]
 
 
 rule cluster:

@@ -180,6 +180,16 @@ def shard_manifests(root, num_shards):
     return folder_manifests(str(root), num_shards, str(folder))
 
 
+def job_shard(files, wildcards):
+    """The file of a sharded job's shard among a sharded output's ``files`` (shard_paths)."""
+    if int(wildcards.num_shards) != len(files):
+        raise ValueError(
+            f"shard {wildcards.shard} of {wildcards.num_shards}: the files are "
+            f"{len(files)} shards ({files[0]}, ...)"
+        )
+    return files[int(wildcards.shard)]
+
+
 # ---------------------------------------------------------------- stage 5 (rules/segment.smk)
 
 

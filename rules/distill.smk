@@ -68,7 +68,7 @@ rule distill_predict:
     input:
         dataset=dataset_ready(),
         model=DISTILL_MODEL,
-        pseudo_gt=PSEUDO_GT,
+        pseudo_gt=lambda w: job_shard(PSEUDO_GT, w),
         images=lambda w: shard_images(DATASET, w.shard, w.num_shards),
     output:
         DISTILL_DIR / "predictions" / "shard-{shard}-of-{num_shards}.json",

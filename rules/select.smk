@@ -22,14 +22,10 @@ SELECT_STATS = shard_paths(SELECT_DIR / "stats", DISCOVER["num_shards"], ".json"
 
 rule select:
     input:
-        predictions=lambda w: (
-            PSEUDO_GT
-            if FROM_PSEUDO_GT
-            else DISTILL_DIR
-            / "predictions"
-            / f"shard-{w.shard}-of-{w.num_shards}.json"
+        predictions=lambda w: job_shard(
+            PSEUDO_GT if FROM_PSEUDO_GT else DISTILL_SHARDS, w
         ),
-        pseudo_gt=PSEUDO_GT,
+        pseudo_gt=lambda w: job_shard(PSEUDO_GT, w),
     output:
         labels=directory(SELECT_DIR / "labels" / "shard-{shard}-of-{num_shards}"),
         stats=SELECT_DIR / "stats" / "shard-{shard}-of-{num_shards}.json",

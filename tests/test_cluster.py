@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from threadpoolctl import threadpool_limits
 from maskdistill.cli import main
 from maskdistill.cluster.kmeans import cluster_features, l2_normalize, whiten
 from maskdistill.cluster.pseudo_gt import coco_categories
+from maskdistill.coco_files import read_pseudo_gt
 from maskdistill.discover.shard_file import full_resolution_mask, write_shard
 from maskdistill.masks import mask_annotation
 
@@ -155,13 +157,21 @@ def shards(tmp_path_factory):
     return {"target": paths, "support": support_path, "records": records, "groups": groups}
 
 
+def pseudo_gt_files(tmp_path, count: int) -> list[str]:
+    return [
+        str(tmp_path / "out" / "pseudo_gt" / f"shard-{i}-of-{count}.json") for i in range(count)
+    ]
+
+
 def run_cluster(tmp_path, target, support=(), *extra) -> tuple[dict, dict]:
-    out, stats = tmp_path / "out" / "pseudo_gt.json", tmp_path / "out" / "stats.json"
+    """Cluster ``target``, one pseudo ground truth file per shard; the files read as one COCO
+    dict, and the stats."""
+    out, stats = pseudo_gt_files(tmp_path, len(target)), tmp_path / "out" / "stats.json"
     argv = ["cluster", "--shards", *map(str, target), "--k", "3", "--seed", "1"]
     if support:
         argv += ["--support-shards", *map(str, support)]
-    main([*argv, *extra, "--out", str(out), "--stats", str(stats)])
-    return json.loads(out.read_text()), json.loads(stats.read_text())
+    main([*argv, *extra, "--out", *out, "--stats", str(stats)])
+    return read_pseudo_gt(out), json.loads(stats.read_text())
 
 
 def test_cluster_command_writes_coco_pseudo_ground_truth(tmp_path, shards):
@@ -196,18 +206,33 @@ def test_cluster_command_writes_coco_pseudo_ground_truth(tmp_path, shards):
     assert stats["provenance"]["version"]
 
 
-def test_pycocotools_loads_it_and_cocoeval_against_itself_gives_ap_1(tmp_path, shards):
+def test_each_shard_file_holds_its_shards_images_and_pycocotools_loads_it(tmp_path, shards):
+    """Shard i's file: the images of discover shard i, ids continuing from the shard before;
+    each one a COCO file that cocoeval scores against itself with AP 1."""
     run_cluster(tmp_path, shards["target"])
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(tmp_path / "out" / "pseudo_gt.json"))
-        detections = gt.loadRes(gt.loadAnns(gt.getAnnIds()))
-        evaluation = COCOeval(gt, detections, iouType="segm")
-        evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
-    assert len(gt.getImgIds()) == 60
-    assert evaluation.stats[0] == pytest.approx(1.0)  # AP @ IoU 0.5:0.95
-    assert evaluation.stats[1] == pytest.approx(1.0)  # AP @ IoU 0.5
+    images = []
+    for path, first in zip(pseudo_gt_files(tmp_path, 2), (0, 25), strict=True):
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt = COCO(path)
+            # copies: loadRes renumbers the annotations it is given
+            detections = gt.loadRes([dict(a) for a in gt.loadAnns(gt.getAnnIds())])
+            evaluation = COCOeval(gt, detections, iouType="segm")
+            evaluation.evaluate()
+            evaluation.accumulate()
+            evaluation.summarize()
+        assert sorted(gt.getImgIds()) == list(range(first, first + (25 if first == 0 else 35)))
+        assert evaluation.stats[0] == pytest.approx(1.0)  # AP @ IoU 0.5:0.95
+        assert evaluation.stats[1] == pytest.approx(1.0)  # AP @ IoU 0.5
+        images += [image["file_name"] for image in gt.dataset["images"]]
+    assert images == [r["file_name"] for r in shards["records"]]
+
+
+def test_one_output_file_per_target_shard_is_required(tmp_path, shards, caplog):
+    with pytest.raises(SystemExit):
+        main(["cluster", "--shards", *map(str, shards["target"]), "--k", "3", "--out",
+              str(tmp_path / "one.json"), "--stats", str(tmp_path / "stats.json")])  # fmt: skip
+    assert "--out names 1 files for 2 --shards" in caplog.text
+    assert not (tmp_path / "one.json").exists()
 
 
 def test_support_shards_change_clusters_but_only_target_images_are_written(tmp_path, shards):
@@ -230,4 +255,23 @@ def test_repeated_image_and_missing_shard_are_one_line_errors(tmp_path, shards, 
     with pytest.raises(SystemExit):
         run_cluster(tmp_path, [tmp_path / "missing.h5"])
     assert "missing.h5" in caplog.text
-    assert not (tmp_path / "out" / "pseudo_gt.json").exists()
+    assert not (tmp_path / "out" / "pseudo_gt").exists()
+
+
+def test_reading_shard_files_keeps_only_the_asked_images_and_checks_categories(tmp_path, shards):
+    run_cluster(tmp_path, shards["target"])
+    files = pseudo_gt_files(tmp_path, 2)
+    wanted = {"img_004.jpg", "img_005.jpg", "img_040.jpg"}  # img_005's mask is empty
+    coco = read_pseudo_gt(files, keep=wanted.__contains__)
+    assert [image["file_name"] for image in coco["images"]] == sorted(wanted)
+    assert [a["image_id"] for a in coco["annotations"]] == [4, 40]
+    assert [c["id"] for c in coco["categories"]] == [1, 2, 3]
+    other = json.loads(Path(files[1]).read_text())
+    other["categories"] = other["categories"][:2]
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="other.json: "):  # its annotations' category 3
+        read_pseudo_gt([files[0], str(tmp_path / "other.json")])
+    other["annotations"] = [a for a in other["annotations"] if a["category_id"] < 3]
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="other.json: other categories than"):
+        read_pseudo_gt([files[0], str(tmp_path / "other.json")])

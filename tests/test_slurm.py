@@ -118,11 +118,12 @@ def test_demo_workflow_runs_every_job_as_a_slurm_job(slurm_cluster, tmp_path):
     # outputs complete: every output of the summary is present and up to date
     summary = snakemake(workspace, "--summary", *profile_args, env=SLURM_ENV, slurm=True).stdout
     rows = [line.split("\t") for line in summary.splitlines()[1:] if "\t" in line]
-    # demo data, 2 shards, pseudo GT and stats, model, training metrics, 2 prediction shards,
-    # 2 stage-4 map folders and their 2 stats, stage-5 model, metrics and 2 prediction folders,
+    # demo data, 2 shards, 2 pseudo GT shards and stats, model, training metrics, 2 prediction
+    # shards, 2 stage-4 map folders and their 2 stats, stage-5 model, metrics and 2 prediction
+    # folders,
     # 5 metrics JSONs, the table and the ablation table (Markdown and JSON), 6 contact sheets,
     # 6 plots and the run's manifest of its cache folders
-    assert len(rows) == 38 and all(row[4:6] == ["ok", "no update"] for row in rows), summary
+    assert len(rows) == 39 and all(row[4:6] == ["ok", "no update"] for row in rows), summary
 
     second = snakemake(workspace, *profile_args, env=SLURM_ENV, slurm=True)
     assert "Nothing to be done" in second.stdout + second.stderr

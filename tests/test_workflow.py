@@ -30,6 +30,7 @@ from workflow_helpers import (
     write_config,
 )
 
+from maskdistill.coco_files import read_pseudo_gt
 from maskdistill.config import validate_config
 from maskdistill.distill.detectron2 import INSTALL as DETECTRON2_INSTALL
 from maskdistill.distill.detectron2 import available as detectron2_available
@@ -363,7 +364,7 @@ def test_a_second_experiment_reuses_the_discover_shards(demo):
     assert shards_of(result.stdout) == first_shards
     # a new pseudo ground truth in the cache (another key), read by the new run's stages
     first = (demo / "results/tiny/cluster").resolve().name
-    pattern = r"results/cache/cluster/([0-9a-f]{12})/pseudo_gt.json"
+    pattern = r"results/cache/cluster/([0-9a-f]{12})/pseudo_gt/shard-"
     clusters = set(re.findall(pattern, result.stdout))
     assert len(clusters) == 1 and first not in clusters
 
@@ -645,7 +646,9 @@ def test_adding_images_reruns_only_the_shards_they_land_in(folder):
     assert stamps == {p.name: p.stat().st_mtime_ns for p in manifests}
     # the partial rerun gives a complete, consistent pseudo ground truth
     snakemake(folder, "--cores", "2")
-    coco = json.loads((folder / "results/folder/cluster/pseudo_gt.json").read_text())
+    shards = sorted((folder / "results/folder/cluster/pseudo_gt").glob("shard-*.json"))
+    assert len(shards) == NUM_SHARDS
+    coco = read_pseudo_gt([str(path) for path in shards])
     names = sorted(p.name for p in (folder / "images").iterdir())
     assert sorted(image["file_name"] for image in coco["images"]) == names
     assert len({image["id"] for image in coco["images"]}) == len(names)

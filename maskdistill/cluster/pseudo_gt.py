@@ -34,8 +34,10 @@ def pseudo_ground_truth(
     labels: dict[str, int],
     num_clusters: int,
     info: dict[str, Any],
+    first_ids: tuple[int, int] = (0, 1),
 ) -> tuple[dict[str, Any], list[str]]:
-    """The COCO instances dict of the pseudo ground truth, and the images whose mask is empty.
+    """The COCO instances dict of the pseudo ground truth (or of one shard of it), and the
+    images whose mask is empty.
 
     Args:
         images: (file name, (H, W), full-resolution bool mask or None when empty) per target
@@ -43,15 +45,18 @@ def pseudo_ground_truth(
         labels: file name -> cluster index of each non-empty mask.
         num_clusters: K'.
         info: the JSON's ``info`` (description, provenance).
+        first_ids: the first image id and the first annotation id (a shard after others
+            continues their numbering, so that ids are unique over the shards).
 
-    Image ids are numbered 0, 1, ... in the given order, not taken from the shards: a shard's
-    ids are positions in the dataset listing when it was written, and after images are added to
-    a folder dataset only the shards they land in are rewritten, so ids from different shards
-    may collide (stages join by file name).
+    Image ids are numbered from the first one in the given order, not taken from the discover
+    shards: a discover shard's ids are positions in the dataset listing when it was written, and
+    after images are added to a folder dataset only the shards they land in are rewritten, so
+    ids from different shards may collide (stages join by file name).
     """
+    first_image, first_annotation = first_ids
     coco_images, annotations, empty = [], [], []
     for file_name, (height, width), mask in images:
-        image_id = len(coco_images)
+        image_id = first_image + len(coco_images)
         coco_images.append(
             {"id": image_id, "file_name": file_name, "height": height, "width": width}
         )
@@ -61,7 +66,7 @@ def pseudo_ground_truth(
         annotations.append(
             mask_annotation(
                 mask,
-                annotation_id=len(annotations) + 1,
+                annotation_id=first_annotation + len(annotations),
                 image_id=image_id,
                 category_id=labels[file_name] + 1,
             )

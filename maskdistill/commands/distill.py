@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from maskdistill import coco_files
 from maskdistill.commands.dataset_args import (
     add_dataset_arguments,
     prediction_run,
@@ -26,7 +27,7 @@ from maskdistill.commands.settings_args import (
     add_training_arguments,
 )
 from maskdistill.config import defaults
-from maskdistill.io import read_json, write_json
+from maskdistill.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     merge = sub.add_parser("merge", help="join the shards' predictions")
     predict.add_argument("--out", required=True, help="the shard's predictions (JSON)")
     for command in (train, predict):
-        command.add_argument("--pseudo-gt", required=True, help="stage-2 COCO JSON")
+        command.add_argument(
+            "--pseudo-gt", nargs="+", required=True, help="stage-2 COCO JSONs (shard files)"
+        )
         add_dataset_arguments(command)
         command.add_argument("--device", choices=DEVICES, default=defaults("distill")["device"])
         command.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -102,7 +105,12 @@ def run_predict(args: argparse.Namespace) -> None:
     if backend == "detectron2" and not detectron2_available():
         raise ValueError(f"{args.model}: a detectron2 model, but detectron2 is not installed: "
                          f"{DETECTRON2_INSTALL}")  # fmt: skip
-    index = read_json(args.pseudo_gt)
+    from maskdistill.sharding import shard_of
+
+    # the shard's images alone (the workflow passes the shard's own pseudo ground truth file)
+    index = coco_files.read_pseudo_gt(
+        args.pseudo_gt, keep=lambda name: shard_of(name, args.num_shards) == args.shard
+    )
     image_ids = {image["file_name"]: image["id"] for image in index["images"]}
     run = prediction_run(args, device)
     mine = [r for r in shard_records(args, run.skipped) if r.file_name in image_ids]
@@ -120,11 +128,6 @@ def run_predict(args: argparse.Namespace) -> None:
 
 def run_merge(args: argparse.Namespace) -> None:
     """One list of every shard's predictions, in shard order."""
-    merged = []
-    for path in args.shards:
-        predictions = read_json(path)
-        if not isinstance(predictions, list):
-            raise ValueError(f"{path}: not a COCO results list")
-        merged += predictions
+    merged = coco_files.read_results(args.shards)
     write_json(args.out, merged, compact=True)
     log.info("wrote %s: %d predictions from %d shards", args.out, len(merged), len(args.shards))

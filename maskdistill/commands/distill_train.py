@@ -12,6 +12,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from maskdistill.coco_files import files_named, read_pseudo_gt
 from maskdistill.commands.dataset_args import (
     open_dataset_from_args,
 )
@@ -20,18 +21,19 @@ from maskdistill.commands.settings_args import (
     settings_from_args,
 )
 from maskdistill.commands.training_job import finish_training, start_training, weights_saver
-from maskdistill.io import read_json
 
 log = logging.getLogger(__name__)
 
 
 def _run_settings(args: argparse.Namespace, num_classes: int) -> dict:
     """Everything that decides the trained network: settings, classes, the training data."""
-    digest = hashlib.sha256(Path(args.pseudo_gt).read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    for path in args.pseudo_gt:
+        digest.update(Path(path).read_bytes())
     return {
         **settings_from_args(args, SETTINGS),
         "num_classes": num_classes,
-        "pseudo_gt_sha256": digest,
+        "pseudo_gt_sha256": digest.hexdigest(),
     }
 
 
@@ -70,8 +72,9 @@ def run_train(args: argparse.Namespace) -> None:
 def _training_data(args: argparse.Namespace):
     from maskdistill.distill.data import training_set
 
-    coco = read_json(args.pseudo_gt)
-    data = training_set(coco, open_dataset_from_args(args).image_root, source=args.pseudo_gt)
+    coco = read_pseudo_gt(args.pseudo_gt)
+    source = files_named(args.pseudo_gt)
+    data = training_set(coco, open_dataset_from_args(args).image_root, source=source)
     log.info(
         "%d training images (%d without a usable mask left out), %d degenerate masks dropped",
         len(data.images),
@@ -79,7 +82,7 @@ def _training_data(args: argparse.Namespace):
         data.dropped_masks,
     )
     if not data.images:
-        raise ValueError(f"{args.pseudo_gt}: no image with a usable mask to train on")
+        raise ValueError(f"{source}: no image with a usable mask to train on")
     return data
 
 

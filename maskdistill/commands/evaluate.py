@@ -68,7 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     discovery = sub.add_parser("discovery", help="CorLoc of the discovered masks")
     discovery.add_argument("--shards", nargs="+", required=True, help="discover shards")
     cluster = sub.add_parser("cluster", help="mIoU, cluster accuracy, NMI, ARI of stage 2")
-    cluster.add_argument("--pseudo-gt", required=True, help="stage-2 COCO JSON (cluster)")
+    cluster.add_argument(
+        "--pseudo-gt", nargs="+", required=True, help="stage-2 COCO JSONs (shard files)"
+    )
     cluster.add_argument(
         "--matching",
         choices=("pixels", "objects"),
@@ -88,12 +90,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     distill.add_argument(
         "--predictions", nargs="+", required=True, help="stage-3 predictions (JSON lists: shards)"
     )
-    distill.add_argument("--pseudo-gt", required=True, help="stage-2 COCO JSON (the classes)")
+    distill.add_argument(
+        "--pseudo-gt", nargs="+", required=True, help="stage-2 COCO JSONs: the classes"
+    )
     labels = sub.add_parser("labels", help="mIoU of label PNGs (stages 4 and 5)")
     labels.add_argument(
         "--labels", nargs="+", required=True, help="folders of label PNGs (<file name>.png)"
     )
-    labels.add_argument("--pseudo-gt", required=True, help="stage-2 COCO JSON (the labels)")
+    labels.add_argument(
+        "--pseudo-gt", nargs="+", required=True, help="stage-2 COCO JSONs: the labels"
+    )
     labels.add_argument(
         "--supervised",
         action="store_true",
@@ -200,20 +206,18 @@ def evaluate_discovery(args: argparse.Namespace) -> None:
 def evaluate_cluster(args: argparse.Namespace) -> None:
     """Semantic mIoU of the painted stage-2 masks and object-level cluster scores."""
     dataset, records = _eval_dataset(args)
-    by_name, num_clusters = coco_files.index_annotations(read_json(args.pseudo_gt), args.pseudo_gt)
-    annotations = coco_files.one_per_image(by_name, args.pseudo_gt)
+    mapping = None
+    if args.matching == "objects":  # its splits' annotations, read once they are done with
+        matching_dataset = open_dataset_from_args(args, args.matching_splits or args.splits)
+        matched, num_clusters, source = _pseudo_gt(args, matching_dataset.records())
+        mapping = evaluation.object_label_mapping(matching_dataset, matched, num_clusters, source)
+    annotations, num_clusters, source = _pseudo_gt(args, records)
     confusion, with_labels = evaluation.semantic_confusion(
         dataset,
         records,
-        lambda record: evaluation.pseudo_label_map(annotations, record, args.pseudo_gt),
+        lambda record: evaluation.pseudo_label_map(annotations, record, source),
         num_clusters + 1,
     )
-    mapping = None
-    if args.matching == "objects":
-        matching_dataset = open_dataset_from_args(args, args.matching_splits or args.splits)
-        mapping = evaluation.object_label_mapping(
-            matching_dataset, annotations, num_clusters, args.pseudo_gt
-        )
     names = ("background", *dataset.class_names)
     semantic = semantic_scores(confusion, names, mapping) if with_labels else None
     clusters, classes = evaluation.object_pairs(dataset, records, annotations)
@@ -241,7 +245,7 @@ def evaluate_cluster(args: argparse.Namespace) -> None:
         num_unannotated=sum(r.file_name not in annotations for r in records),
         semantic=semantic,
         objects=objects,
-        pseudo_gt=args.pseudo_gt,
+        pseudo_gt=list(args.pseudo_gt),
     )
     write_json(args.out, report)
     log.info("stage 2 on %d images: %s", len(records), report["summary"])
@@ -250,7 +254,7 @@ def evaluate_cluster(args: argparse.Namespace) -> None:
 def evaluate_distill(args: argparse.Namespace) -> None:
     """Mask AP50 (multi, single) and the painted mIoU of the stage-3 predictions."""
     dataset, records = _eval_dataset(args)
-    _, num_clusters = coco_files.index_annotations(read_json(args.pseudo_gt), args.pseudo_gt)
+    _, num_clusters, _ = _pseudo_gt(args, [])
     names = {r.file_name for r in records}
     mine = coco_files.read_results(args.predictions, keep=names.__contains__)
     ground_truth = evaluation.instance_ground_truth(dataset, records)
@@ -288,6 +292,18 @@ def evaluate_distill(args: argparse.Namespace) -> None:
     log.info("stage 3 on %d images: %s", len(records), report["summary"])
 
 
+def _pseudo_gt(
+    args: argparse.Namespace, records: list[ImageRecord]
+) -> tuple[dict[str, dict], int, str]:
+    """The stage-2 annotation of each of ``records`` that has one (only theirs are held), the
+    number of clusters, and how messages name the files."""
+    names = {r.file_name for r in records}
+    coco = coco_files.read_pseudo_gt(args.pseudo_gt, keep=names.__contains__)
+    source = coco_files.files_named(args.pseudo_gt)
+    by_name, num_clusters = coco_files.index_annotations(coco, source)
+    return coco_files.one_per_image(by_name, source), num_clusters, source
+
+
 def _naming(args: argparse.Namespace, num_labels: int) -> np.ndarray | None:
     """The label naming of ``--naming`` (stage 2's, the objects protocol), or None (pixels:
     each stage matched on its own confusion matrix)."""
@@ -305,10 +321,7 @@ def evaluate_labels(args: argparse.Namespace) -> None:
     ``--select-stats``, also on the images where a prediction reached tau, beside stage 2's."""
     dataset, records = _eval_dataset(args)
     names = ("background", *dataset.class_names)
-    if args.supervised:
-        num_labels = len(names)
-    else:
-        num_labels = 1 + coco_files.index_annotations(read_json(args.pseudo_gt), args.pseudo_gt)[1]
+    num_labels = len(names) if args.supervised else 1 + _pseudo_gt(args, [])[1]
     if args.missing == "skip":  # stage 4 writes no map for an image without predictions
         records = [r for r in records if _has_labels(args.labels, r.file_name)]
 
@@ -353,9 +366,7 @@ def _confident_scores(args, dataset, records, label_map, num_labels: int) -> dic
         if row["kept"] > 0 and not row["fell_back"]
     }
     subset = [r for r in records if r.file_name in confident]
-    annotations = coco_files.one_per_image(
-        coco_files.index_annotations(read_json(args.pseudo_gt), args.pseudo_gt)[0], args.pseudo_gt
-    )
+    annotations, _, _ = _pseudo_gt(args, subset)
     names = ("background", *dataset.class_names)
     scores = {"share of images reaching tau": len(subset) / max(len(records), 1)}
     for key, paint in (

@@ -62,7 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         add_training_arguments(command, "segment", "step")
         add_settings_arguments(command, "segment", AUGMENTATION, "augmentation")
     train.add_argument("--labels", nargs="+", required=True, help="folders of label PNGs")
-    train.add_argument("--pseudo-gt", required=True, help="stage-2 COCO JSON (the K clusters)")
+    train.add_argument(
+        "--pseudo-gt", nargs="+", required=True, help="stage-2 COCO JSONs: the K clusters"
+    )
     add_settings_arguments(train, "segment", NETWORK, "network (docs/method.md, stage 5)")
     add_settings_arguments(train, "segment", SCHEDULE, "training schedule")
     train.set_defaults(_run="maskdistill.commands.segment_train:run_train")

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from maskdistill import distributed
-from maskdistill.coco_files import index_annotations
+from maskdistill.coco_files import files_named, index_annotations, read_pseudo_gt
 from maskdistill.commands.dataset_args import (
     open_dataset_from_args,
 )
@@ -20,7 +20,6 @@ from maskdistill.commands.segment import AUGMENTATION, NETWORK, SCHEDULE
 from maskdistill.commands.settings_args import settings_from_args
 from maskdistill.commands.training_job import finish_training, start_training, weights_saver
 from maskdistill.data import Dataset, ImageRecord
-from maskdistill.io import read_json
 from maskdistill.masks import label_png_path, write_label_png
 from maskdistill.models.deeplab import DeepLabSettings, build_deeplab, load_deeplab, probe_network
 from maskdistill.progress import Progress
@@ -69,8 +68,8 @@ def run_train(args: argparse.Namespace) -> None:
     world = distributed.init(device)
     device = world.device(device)
     set_threads(args.threads)
-    pseudo_gt = read_json(args.pseudo_gt)
-    _, num_clusters = index_annotations(pseudo_gt, args.pseudo_gt)
+    pseudo_gt = read_pseudo_gt(args.pseudo_gt, keep=lambda _: False)  # its categories
+    _, num_clusters = index_annotations(pseudo_gt, files_named(args.pseudo_gt))
     items, missing = labelled_images(open_dataset_from_args(args).records(), args.labels)
     log.info("%d images with label maps (%d without, left out)", len(items), len(missing))
     if not items:

@@ -19,7 +19,13 @@ import argparse
 import logging
 from collections import Counter
 
-from maskdistill.coco_files import annotations_as_predictions, by_image, index_annotations
+from maskdistill.coco_files import (
+    annotations_as_predictions,
+    by_image,
+    files_named,
+    index_annotations,
+    read_pseudo_gt,
+)
 from maskdistill.commands.settings_args import add_settings_arguments
 from maskdistill.io import atomic_path, read_json, write_json
 from maskdistill.masks import IGNORE, decode_rle, label_png_path, write_label_png
@@ -43,7 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="--predictions is a COCO instances JSON (the stage-2 pseudo ground truth): each "
         "annotation is a prediction of score 1 (stage 5 then learns from the stage-2 masks)",
     )
-    parser.add_argument("--pseudo-gt", required=True, help="stage-2 COCO JSON: the images")
+    parser.add_argument(
+        "--pseudo-gt",
+        nargs="+",
+        required=True,
+        help="stage-2 COCO JSONs: the images (the shard's pseudo ground truth file, or all)",
+    )
     parser.add_argument("--shard", type=int, default=0, help="the shard's index")
     parser.add_argument("--num-shards", type=int, default=1, help="the number of shards")
     add_settings_arguments(parser, "select", SETTINGS, "selection (docs/method.md, stage 4)")
@@ -52,22 +63,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    index = read_json(args.pseudo_gt)
-    _, num_categories = index_annotations(index, args.pseudo_gt)
-    if num_categories >= IGNORE:
-        raise ValueError(
-            f"{args.pseudo_gt}: {num_categories} categories; a label PNG holds at most "
-            f"{IGNORE - 1} (lower cluster.k x cluster.overcluster)"
-        )
     if not 0 <= args.shard < args.num_shards:
         raise ValueError(f"--shard {args.shard}: expected 0 <= shard < --num-shards")
-    images = [
-        image
-        for image in index["images"]
-        if shard_of(image["file_name"], args.num_shards) == args.shard
-    ]
-    names = [check_name(image["file_name"], args.pseudo_gt) for image in images]
-    check_collisions(names, ".png", args.pseudo_gt)
+    source = files_named(args.pseudo_gt)
+    index = read_pseudo_gt(
+        args.pseudo_gt, keep=lambda name: shard_of(name, args.num_shards) == args.shard
+    )
+    _, num_categories = index_annotations(index, source)
+    if num_categories >= IGNORE:
+        raise ValueError(
+            f"{source}: {num_categories} categories; a label PNG holds at most "
+            f"{IGNORE - 1} (lower cluster.k x cluster.overcluster)"
+        )
+    images = index["images"]
+    names = [check_name(image["file_name"], source) for image in images]
+    check_collisions(names, ".png", source)
     grouped = _shard_predictions(args, set(names))
     rows = []
     with atomic_path(args.out) as tmp, Progress(len(images), "select", "images") as bar:
@@ -121,8 +131,9 @@ def _shard_predictions(args: argparse.Namespace, names: set[str]) -> dict[str, l
     if outside:
         raise ValueError(
             f"{args.predictions}: predictions of {len(outside)} images that are not among the "
-            f"images of shard {args.shard} of {args.num_shards} in {args.pseudo_gt} (e.g. "
-            f"{outside[0]!r}): pass that shard's predictions file"
+            f"images of shard {args.shard} of {args.num_shards} in "
+            f"{files_named(args.pseudo_gt)} (e.g. {outside[0]!r}): pass that shard's predictions "
+            "file"
         )
     return by_image(predictions)
 

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sheet.add_argument("--stage", choices=sheets.STAGES, required=True)
     add_dataset_arguments(sheet)
     sheet.add_argument("--shards", nargs="+", default=[], help="discover shards")
-    sheet.add_argument("--pseudo-gt", default=None, help="stage-2 COCO JSON")
+    sheet.add_argument("--pseudo-gt", nargs="+", default=[], help="stage-2 COCO JSONs (shards)")
     sheet.add_argument(
         "--predictions", nargs="+", default=[], help="stage-3 predictions (JSON lists: shards)"
     )
@@ -50,7 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sheet.add_argument("--out", required=True, help="PNG to write")
     sheet.set_defaults(_run=write_sheet)
     figures = sub.add_parser("plots", help="plots of a run's numbers (PNGs)")
-    figures.add_argument("--pseudo-gt", default=None, help="stage-2 COCO JSON: cluster sizes")
+    figures.add_argument(
+        "--pseudo-gt", nargs="+", default=[], help="stage-2 COCO JSONs (shards): cluster sizes"
+    )
     figures.add_argument(
         "--predictions", nargs="+", default=[], help="stage-3 predictions (shards): scores"
     )
@@ -77,9 +79,13 @@ def _discoveries(shards: list[str], names: set[str]) -> dict[str, dict]:
     return found
 
 
-def _pseudo_masks(path: str, records: list[ImageRecord]) -> dict[str, tuple[np.ndarray, int]]:
-    by_name, _ = coco_files.index_annotations(read_json(path), path)
-    annotations = coco_files.one_per_image(by_name, path)
+def _pseudo_masks(
+    paths: list[str], records: list[ImageRecord]
+) -> dict[str, tuple[np.ndarray, int]]:
+    names = {r.file_name for r in records}
+    path = coco_files.files_named(paths)
+    coco = coco_files.read_pseudo_gt(paths, keep=names.__contains__)
+    annotations = coco_files.one_per_image(coco_files.index_annotations(coco, path)[0], path)
     return {
         r.file_name: (
             coco_files.annotation_mask(annotations[r.file_name], r, path),
@@ -135,9 +141,10 @@ def sheet_data(args: argparse.Namespace, dataset: Dataset, records: list[ImageRe
 
 def _legend(args: argparse.Namespace, dataset: Dataset) -> list[tuple[int, str]]:
     classes = dataset.class_names if dataset.has_ground_truth else ()
-    if args.stage == "discover" or args.pseudo_gt is None:
+    if args.stage == "discover" or not args.pseudo_gt:
         return drawing.cluster_legend(0, class_names=classes)
-    _, num_clusters = coco_files.index_annotations(read_json(args.pseudo_gt), args.pseudo_gt)
+    coco = coco_files.read_pseudo_gt(args.pseudo_gt, keep=lambda _: False)  # its categories
+    num_clusters = len(coco["categories"])
     matching = None
     if args.cluster_metrics:
         semantic = read_json(args.cluster_metrics).get("semantic") or {}
@@ -189,13 +196,13 @@ def _confusion(path: str) -> tuple[np.ndarray, list[str], list[str]]:
 def write_plots(args: argparse.Namespace) -> None:
     """Every plot whose inputs are given, as ``<out-dir>/<plot>.png`` (data/README.md)."""
     out = Path(args.out_dir)
-    if args.pseudo_gt:
-        coco = read_json(args.pseudo_gt)
-        _, num_clusters = coco_files.index_annotations(coco, args.pseudo_gt)
-        sizes = np.bincount(
-            [a["category_id"] - 1 for a in coco["annotations"]], minlength=num_clusters
-        )
-        names = [f"cluster_{k:02d}" for k in range(num_clusters)]
+    if args.pseudo_gt:  # one shard's annotations held at a time: only their clusters are kept
+        clusters = []
+        for path in args.pseudo_gt:
+            coco = coco_files.read_pseudo_gt([path])
+            clusters += [a["category_id"] - 1 for a in coco["annotations"]]
+        names = [f"cluster_{k:02d}" for k in range(len(coco["categories"]))]
+        sizes = np.bincount(clusters, minlength=len(names))
         write_png(out / "cluster_sizes.png", charts.size_bars(sizes.tolist(), names))
     if args.predictions:
         if args.tau is None:
