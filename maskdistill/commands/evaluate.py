@@ -359,11 +359,12 @@ def _has_labels(folders: list[str], file_name: str) -> bool:
 def _confident_scores(args, dataset, records, label_map, num_labels: int) -> dict[str, Any]:
     """mIoU of the stage-4 maps and of the stage-2 maps on the images where a prediction
     reached tau (``--select-stats``), and those images' share of all labelled images."""
+    scored = {r.file_name for r in records}
     confident = {
         row["file_name"]
         for path in args.select_stats
         for row in read_json(path)["images"]
-        if row["kept"] > 0 and not row["fell_back"]
+        if row["file_name"] in scored and row["kept"] > 0 and not row["fell_back"]
     }
     subset = [r for r in records if r.file_name in confident]
     annotations, _, _ = _pseudo_gt(args, subset)
