@@ -145,8 +145,8 @@ def test_demo_workflow_runs_every_job_as_a_slurm_job(slurm_cluster, tmp_path):
     jobs = _sacct_jobs(since)
     comments = Counter(job["Comment"] for job in jobs)
     assert comments == Counter({_slurm_comment(*job): n for job, n in (plan - local).items()})
-    # per run: select, segment training, 2 segment prediction shards, 5 evaluations
+    # per run: 2 select shards, segment training, 2 segment prediction shards, 5 evaluations
     assert sorted({job["Comment"].split("_")[1] for job in jobs}) == ["run0", "run1"]
-    assert sum(comments.values()) == 2 * 9
+    assert sum(comments.values()) == 2 * 10
     assert {job["State"] for job in jobs} == {"COMPLETED"}
     assert (workspace / "results/taus/sweep/select.tau/compare.png").is_file()
