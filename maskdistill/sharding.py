@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -18,8 +18,14 @@ def shard_of(file_name: str, num_shards: int) -> int:
     return zlib.crc32(file_name.encode("utf-8", "surrogateescape")) % num_shards
 
 
-def select_shard(records: Sequence[Any], shard: int, num_shards: int) -> list[Any]:
-    """The records (anything with a ``file_name``) of shard ``shard`` of ``num_shards``."""
+def in_shard(shard: int, num_shards: int) -> Callable[[str], bool]:
+    """Whether a file name belongs to shard ``shard`` of ``num_shards`` (checked to exist)."""
     if num_shards < 1 or not 0 <= shard < num_shards:
         raise ValueError(f"shard {shard} of {num_shards}: expected 0 <= shard < num_shards")
-    return [r for r in records if shard_of(r.file_name, num_shards) == shard]
+    return lambda file_name: shard_of(file_name, num_shards) == shard
+
+
+def select_shard(records: Sequence[Any], shard: int, num_shards: int) -> list[Any]:
+    """The records (anything with a ``file_name``) of shard ``shard`` of ``num_shards``."""
+    keep = in_shard(shard, num_shards)
+    return [r for r in records if keep(r.file_name)]

@@ -47,11 +47,11 @@ def shard_records(
     """The images of shard ``--shard`` of ``--num-shards``; images whose names are unusable
     (:mod:`maskdistill.names`) stop the job under ``--on-bad-image error`` and are added to
     ``skipped`` (those of this shard) under ``skip``."""
-    from maskdistill.sharding import select_shard, shard_of
+    from maskdistill.sharding import in_shard, select_shard
 
     dataset = open_dataset_from_args(args) if dataset is None else dataset
     records = dataset.usable_records(
-        args.on_bad_image, skipped, keep=lambda name: shard_of(name, args.num_shards) == args.shard
+        args.on_bad_image, skipped, keep=in_shard(args.shard, args.num_shards)
     )
     return select_shard(records, args.shard, args.num_shards)
 

@@ -105,12 +105,10 @@ def run_predict(args: argparse.Namespace) -> None:
     if backend == "detectron2" and not detectron2_available():
         raise ValueError(f"{args.model}: a detectron2 model, but detectron2 is not installed: "
                          f"{DETECTRON2_INSTALL}")  # fmt: skip
-    from maskdistill.sharding import shard_of
+    from maskdistill.sharding import in_shard
 
     # the shard's images alone (the workflow passes the shard's own pseudo ground truth file)
-    index = coco_files.read_pseudo_gt(
-        args.pseudo_gt, keep=lambda name: shard_of(name, args.num_shards) == args.shard
-    )
+    index = coco_files.read_pseudo_gt(args.pseudo_gt, keep=in_shard(args.shard, args.num_shards))
     image_ids = {image["file_name"]: image["id"] for image in index["images"]}
     run = prediction_run(args, device)
     mine = [r for r in shard_records(args, run.skipped) if r.file_name in image_ids]

@@ -33,7 +33,7 @@ from maskdistill.names import check_collisions, check_name
 from maskdistill.progress import Progress
 from maskdistill.provenance import provenance
 from maskdistill.select.confident import select_label_map
-from maskdistill.sharding import shard_of
+from maskdistill.sharding import in_shard
 
 log = logging.getLogger(__name__)
 SETTINGS = ("tau", "overlap")
@@ -66,9 +66,7 @@ def run(args: argparse.Namespace) -> None:
     if not 0 <= args.shard < args.num_shards:
         raise ValueError(f"--shard {args.shard}: expected 0 <= shard < --num-shards")
     source = files_named(args.pseudo_gt)
-    index = read_pseudo_gt(
-        args.pseudo_gt, keep=lambda name: shard_of(name, args.num_shards) == args.shard
-    )
+    index = read_pseudo_gt(args.pseudo_gt, keep=in_shard(args.shard, args.num_shards))
     _, num_categories = index_annotations(index, source)
     if num_categories >= IGNORE:
         raise ValueError(
